@@ -1,0 +1,162 @@
+"""Experiment configs: YAML files, ``key=value`` overrides, ``${...}`` interpolation, validation.
+
+A config is checked as a whole before anything is built or written, and every
+problem is reported at once with its key path::
+
+    invalid config (configs/mnist_iaf.yaml): 2 problems
+      model.flows[0].name: unknown flow 'iaff'. Did you mean 'iaf'? Available: iaf, ...
+      trainer.epoch: unknown key 'epoch'. Did you mean 'epochs'? Available keys: ...
+"""
+
+from __future__ import annotations
+
+__all__ = ["ExperimentConfig", "load_config"]
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from flowzoo.errors import ConfigError, Problem, did_you_mean
+from flowzoo.evaluation import EvalConfig
+from flowzoo.registry import datasets
+from flowzoo.schema import component, section_problems, with_defaults
+from flowzoo.trainer import TrainerConfig
+from flowzoo.vae import ModelConfig
+
+
+@dataclasses.dataclass(kw_only=True)
+class ExperimentConfig:
+    """The whole experiment: what data, which model, how to train and evaluate it."""
+
+    name: str = "experiment"
+    """Names the run directory ``<output_dir>/<name>-<timestamp>``."""
+    seed: int = 0
+    """Seeds model initialisation, posterior sampling and data order."""
+    output_dir: str = "runs"
+    data: dict = component(datasets, "binarized_mnist", doc="a data set spec")
+    model: ModelConfig
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+
+def load_config(source: str | Path | Mapping[str, Any], overrides: Iterable[str] = ()) -> DictConfig:
+    """Load, override, complete, resolve and validate an experiment config.
+
+    Args:
+        source: a YAML file or a mapping (a plain dict or a ``DictConfig``).
+        overrides: ``key=value`` strings; keys are dotted paths with list indices
+            (``model.flows[0].hidden_features=64``), values are YAML.
+
+    Returns:
+        The resolved config with every default filled in.
+
+    Raises:
+        ConfigError: listing every problem found.
+
+    Example:
+        >>> config = load_config({"model": {"latent_size": 8, "encoder": {"name": "mlp"},
+        ...                                 "decoder": {"name": "mlp"}}}, ["trainer.epochs=3"])
+        >>> config.trainer.epochs, config.model.posterior.name
+        (3, 'diagonal_gaussian')
+        >>> load_config({"model": {"latent_size": 8}, "trainer": {"epoch": 3}})
+        Traceback (most recent call last):
+        ...
+        flowzoo.errors.ConfigError: invalid config: 3 problems
+          model.encoder: missing (expected an encoder spec)
+          model.decoder: missing (expected a decoder spec)
+          trainer.epoch: unknown key 'epoch'. Did you mean 'epochs'? Available keys: ...
+    """
+    label = str(source) if isinstance(source, (str, Path)) else None
+    raw = _read(source, label)
+    problems = _apply_overrides(raw, overrides)
+    completed = OmegaConf.create(with_defaults(ExperimentConfig, OmegaConf.to_container(raw, resolve=False)))
+    problems += _interpolation_problems(completed, "", _all_keys(completed))
+    if problems:
+        raise ConfigError(problems, label)
+    plain = OmegaConf.to_container(completed, resolve=True)
+    problems = section_problems(ExperimentConfig, plain, "")
+    if problems:
+        raise ConfigError(problems, label)
+    return OmegaConf.create(plain)
+
+
+def _read(source: str | Path | Mapping[str, Any], label: str | None) -> DictConfig:
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError([Problem("", f"no config file at {path}")])
+        try:
+            loaded = OmegaConf.load(path)
+        except yaml.YAMLError as error:
+            raise ConfigError([Problem("", f"not valid YAML: {_yaml_message(error)}")], label) from None
+        except OmegaConfBaseException as error:
+            raise ConfigError([Problem("", str(error).splitlines()[0])], label) from None
+    else:
+        loaded = OmegaConf.create(source if isinstance(source, DictConfig) else dict(source))
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError([Problem("", "the top level must be a mapping of sections (name, data, model, ...)")], label)
+    return loaded
+
+
+def _yaml_message(error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
+def _apply_overrides(config: DictConfig, overrides: Iterable[str]) -> list[Problem]:
+    problems = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            problems.append(Problem("", f"override '{item}' is not of the form key=value"))
+            continue
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            problems.append(Problem(key, f"cannot parse override value {text!r}: {_yaml_message(error)}"))
+            continue
+        try:
+            OmegaConf.update(config, key, value, merge=False)
+        except OmegaConfBaseException as error:
+            problems.append(Problem(key, f"cannot apply override: {str(error).splitlines()[0]}"))
+    return problems
+
+
+def _all_keys(node: Any, path: str = "") -> list[str]:
+    """Every dotted key path in a config, for "did you mean" on interpolations."""
+    keys = [path] if path else []
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            keys += _all_keys(node._get_node(key), f"{path}.{key}" if path else str(key))
+    elif isinstance(node, ListConfig):
+        for i in range(len(node)):
+            keys += _all_keys(node._get_node(i), f"{path}[{i}]")
+    return keys
+
+
+def _interpolation_problems(node: Any, path: str, keys: list[str]) -> list[Problem]:
+    problems = []
+    if isinstance(node, DictConfig):
+        children = [(key, f"{path}.{key}" if path else str(key)) for key in node.keys()]
+    elif isinstance(node, ListConfig):
+        children = [(i, f"{path}[{i}]") for i in range(len(node))]
+    else:
+        return problems
+    for key, child_path in children:
+        try:
+            value = node[key]
+        except OmegaConfBaseException as error:
+            raw = node._get_node(key)._value()
+            message = str(error).splitlines()[0]
+            missing = re.search(r"Interpolation key '([^']+)' not found", message)
+            hint = f" {did_you_mean(missing.group(1), keys, kind='keys')}" if missing else ""
+            problems.append(Problem(child_path, f"cannot resolve {raw!r}: {message}.{hint}"))
+            continue
+        problems += _interpolation_problems(value, child_path, keys)
+    return problems

@@ -1,0 +1,74 @@
+"""Rich console output: config panel, parameter table, training progress, results."""
+
+from __future__ import annotations
+
+__all__ = ["console", "config_panel", "parameter_table", "results_table", "training_progress", "METRIC_LABELS"]
+
+from typing import Any, Mapping
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.syntax import Syntax
+from rich.table import Table
+from torch import nn
+
+from flowzoo.vae import parameter_count
+
+console = Console()
+
+METRIC_LABELS = {
+    "neg_elbo": "−ELBO",
+    "recon": "reconstruction −log p(x|z)",
+    "kl": "KL term, log q(z|x) − log p(z)",
+    "nll_iw": "IWAE −log p(x)",
+}
+
+
+def config_panel(config: DictConfig, title: str) -> Panel:
+    """The resolved config as highlighted YAML, short lists on one line."""
+    text = yaml.safe_dump(OmegaConf.to_container(config), sort_keys=False, default_flow_style=None, allow_unicode=True)
+    return Panel(Syntax(text.rstrip(), "yaml", background_color="default"), title=escape(title))
+
+
+def parameter_table(model: nn.Module) -> Table:
+    """Trainable parameters per component of a :class:`~flowzoo.vae.VAE`."""
+    total = parameter_count(model)
+    table = Table(title="model", title_justify="left")
+    table.add_column("component")
+    table.add_column("module")
+    table.add_column("parameters", justify="right")
+    table.add_column("share", justify="right")
+    for name, module in model.components().items():
+        count = parameter_count(module)
+        table.add_row(name, type(module).__name__, f"{count:,}", f"{count / max(total, 1):.1%}")
+    table.add_row("total", "", f"{total:,}", "", style="bold")
+    return table
+
+
+def results_table(metrics: Mapping[str, Any], title: str, caption: str = "") -> Table:
+    """Evaluation metrics in nats per example, saying which K the IWAE bound used."""
+    table = Table(title=title, title_justify="left", caption=caption or None, caption_justify="left")
+    table.add_column("metric")
+    table.add_column("nats", justify="right")
+    for key, label in METRIC_LABELS.items():
+        if key == "nll_iw":
+            label += f" (K={metrics['iw_samples']})"
+        table.add_row(label, f"{metrics[key]:.2f}")
+    return table
+
+
+def training_progress() -> Progress:
+    """A progress bar whose ``status`` field shows the running loss."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )

@@ -1,0 +1,99 @@
+"""Inverse autoregressive flow (IAF) with the gated, LSTM-style update."""
+
+from __future__ import annotations
+
+__all__ = ["GatedIAF"]
+
+import torch
+import torch.nn.functional as F
+from nflows.transforms import Transform
+from nflows.transforms.made import MADE
+from torch import Tensor, nn
+
+from flowzoo import layers
+from flowzoo.layers import Activation
+from flowzoo.registry import register_flow
+from flowzoo.schema import PositiveInt
+
+
+@register_flow("iaf")
+class GatedIAF(Transform):
+    r"""One gated IAF step: a single parallel MADE pass over z.
+
+    .. math::
+        [m, s] = \mathrm{MADE}(z, h), \quad \sigma = \mathrm{sigmoid}(s), \quad
+        z' = \sigma \odot z + (1 - \sigma) \odot m, \quad
+        \log|\det \partial z'/\partial z| = \textstyle\sum_i \log \sigma_i .
+
+    ``m_i`` and ``s_i`` depend only on ``z_{<i}`` (and ``h``), so the Jacobian is lower
+    triangular with diagonal ``σ``. The context ``h`` enters the MADE's first hidden
+    layer. The gate's bias starts at ``gate_bias`` so that ``σ`` starts near 1 and the
+    step starts close to the identity, which keeps deep stacks free of NaNs.
+
+    Args:
+        features: size of z (set by the model).
+        context_features: size of the context h, 0 for none (set by the model).
+        hidden_features: units in each MADE hidden layer.
+        hidden_layers: number of MADE hidden layers.
+        activation: MADE nonlinearity.
+        gate_bias: initial bias of ``s``; ``sigmoid(2) ≈ 0.88``.
+
+    References:
+        Kingma et al., "Improving Variational Inference with Inverse Autoregressive
+        Flow", NeurIPS 2016, equations 11–14.
+        Germain et al., "MADE: Masked Autoencoder for Distribution Estimation", ICML 2015.
+
+    Example:
+        >>> flow = GatedIAF(features=4, context_features=3, hidden_features=16)
+        >>> z, h = torch.randn(5, 4), torch.randn(5, 3)
+        >>> z_new, logabsdet = flow(z, context=h)
+        >>> z_new.shape, logabsdet.shape
+        (torch.Size([5, 4]), torch.Size([5]))
+        >>> torch.allclose(flow.inverse(z_new, context=h)[0], z, atol=1e-5)
+        True
+    """
+
+    def __init__(
+        self,
+        features: int,
+        context_features: int = 0,
+        hidden_features: PositiveInt = 320,
+        hidden_layers: PositiveInt = 2,
+        activation: Activation = "elu",
+        gate_bias: float = 2.0,
+    ):
+        super().__init__()
+        self.features = features
+        self.made = MADE(
+            features=features,
+            hidden_features=hidden_features,
+            context_features=context_features or None,
+            num_blocks=hidden_layers - 1,
+            output_multiplier=2,
+            use_residual_blocks=False,
+            activation=layers.activation(activation),
+        )
+        # Start near the identity: m ≈ 0 and s ≈ gate_bias for every input.
+        final = self.made.final_layer
+        nn.init.uniform_(final.weight, -1e-3, 1e-3)
+        with torch.no_grad():
+            final.bias.view(features, 2)[:, 0] = 0.0
+            final.bias.view(features, 2)[:, 1] = gate_bias
+
+    def _gate(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        params = self.made(z, context).view(-1, self.features, 2)
+        return params[..., 0], params[..., 1]
+
+    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        m, s = self._gate(z, context)
+        sigma = torch.sigmoid(s)
+        return sigma * z + (1 - sigma) * m, F.logsigmoid(s).sum(-1)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Invert by ``features`` sequential MADE passes (exact after the last)."""
+        x = torch.zeros_like(z)
+        for _ in range(self.features):
+            m, s = self._gate(x, context)
+            sigma = torch.sigmoid(s)
+            x = (z - (1 - sigma) * m) / sigma
+        return x, -F.logsigmoid(s).sum(-1)

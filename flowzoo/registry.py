@@ -1,0 +1,266 @@
+"""Registries that map names to components, and build components from config specs.
+
+There is one registry per kind of component. A component is a class (or a function
+returning a module) whose ``__init__`` signature is its config schema: parameter
+names are the keys a YAML spec may set, annotations (see :mod:`flowzoo.schema`)
+are checked before anything is built, and defaults are the defaults.
+
+Some parameters are *injected*: the model supplies them from the rest of the config
+(a flow's ``features`` is the latent size, an encoder's ``input_shape`` comes from
+the data set), so a spec must not set them.
+
+Example:
+    >>> from flowzoo.registry import flows, list_flows
+    >>> "iaf" in list_flows()
+    True
+    >>> list_flows("rev*")
+    ['reverse']
+    >>> flow = flows.build({"name": "iaf", "hidden_features": 8}, "flow", features=3)
+    >>> type(flow).__name__
+    'GatedIAF'
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "Entry",
+    "Registry",
+    "RegistryError",
+    "REGISTRIES",
+    "get_registry",
+    "encoders",
+    "decoders",
+    "posteriors",
+    "priors",
+    "flows",
+    "likelihoods",
+    "datasets",
+    "register_encoder",
+    "register_decoder",
+    "register_posterior",
+    "register_prior",
+    "register_flow",
+    "register_likelihood",
+    "register_dataset",
+    "list_encoders",
+    "list_decoders",
+    "list_posteriors",
+    "list_priors",
+    "list_flows",
+    "list_likelihoods",
+    "list_datasets",
+]
+
+import fnmatch
+import inspect
+import re
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from torch import nn
+
+from flowzoo.errors import ConfigError, FlowzooError, Problem, did_you_mean
+from flowzoo.schema import check_value, describe, to_plain
+
+
+class RegistryError(FlowzooError):
+    """A component that cannot be registered (duplicate name, unusable signature)."""
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One config-settable parameter of a component."""
+
+    name: str
+    annotation: Any
+    default: Any
+
+    @property
+    def required(self) -> bool:
+        return self.default is inspect.Parameter.empty
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered component: its factory, parameters and where it was defined."""
+
+    name: str
+    factory: Callable[..., Any]
+    parameters: Mapping[str, Parameter]
+    injected: tuple[str, ...]
+    module: str
+    location: str
+
+    @property
+    def summary(self) -> str:
+        """First line of the docstring, without reStructuredText markup."""
+        line = (inspect.getdoc(self.factory) or "").split("\n", 1)[0]
+        line = re.sub(r":\w+:`~?(?:[\w.]+\.)?([^`]+)`", r"\1", line)
+        return line.replace("``", "")
+
+
+class Registry:
+    """Names → components of one kind.
+
+    Args:
+        kind: singular noun used in messages ("flow").
+        injected: parameter names the model supplies; specs may not set them.
+    """
+
+    def __init__(self, kind: str, injected: tuple[str, ...] = ()):
+        self.kind = kind
+        self.injected = injected
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator registering a class or function under ``name``."""
+
+        def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
+            entry = self._make_entry(name, factory)
+            existing = self._entries.get(name)
+            same = existing is not None and (existing.module, existing.factory.__qualname__) == (
+                entry.module,
+                factory.__qualname__,
+            )
+            if existing is not None and not same:
+                raise RegistryError(
+                    f"{self.kind} '{name}' is registered twice: first by {existing.location}, "
+                    f"then by {entry.location}. Rename one of them."
+                )
+            self._entries[name] = entry
+            return factory
+
+        return decorator
+
+    def _make_entry(self, name: str, factory: Callable[..., Any]) -> Entry:
+        target = factory.__init__ if inspect.isclass(factory) else factory
+        if target in (object.__init__, nn.Module.__init__):  # a class with no parameters of its own
+            return Entry(name, factory, {}, (), factory.__module__, _location(factory))
+        signature = inspect.signature(target)
+        hints = typing.get_type_hints(target, include_extras=True)
+        parameters, injected = {}, []
+        for param in list(signature.parameters.values())[1 if inspect.isclass(factory) else 0 :]:
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                raise RegistryError(
+                    f"{self.kind} '{name}' ({_location(factory)}) takes *args or **kwargs; "
+                    "registered components need explicit parameters so configs can be checked"
+                )
+            if param.name in self.injected:
+                injected.append(param.name)
+            else:
+                parameters[param.name] = Parameter(param.name, hints.get(param.name, Any), param.default)
+        return Entry(name, factory, parameters, tuple(injected), factory.__module__, _location(factory))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __getitem__(self, name: str) -> Entry:
+        return self._entries[name]
+
+    def list(self, pattern: str = "*") -> list[str]:
+        """Registered names matching a shell-style pattern, sorted."""
+        return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
+
+    def check(self, spec: Any, path: str) -> list[Problem]:
+        """Every problem with a spec ``{name: ..., **params}``, without building it."""
+        spec = to_plain(spec)
+        if not isinstance(spec, Mapping):
+            return [Problem(path, f"expected a mapping with a 'name' key choosing a {self.kind}")]
+        name = spec.get("name")
+        if name is None:
+            return [Problem(f"{path}.name", f"missing. {did_you_mean('', self.list(), kind=self.kind + 's')}")]
+        if name not in self._entries:
+            return [Problem(f"{path}.name", f"unknown {self.kind} '{name}'. {did_you_mean(name, self.list())}")]
+        entry = self._entries[name]
+        problems = []
+        for key, value in spec.items():
+            if key == "name":
+                continue
+            if key in entry.injected or key in self.injected:
+                problems.append(Problem(f"{path}.{key}", "is set by the model from the rest of the config; remove it"))
+            elif key not in entry.parameters:
+                hint = did_you_mean(key, entry.parameters, kind=f"parameters of {self.kind} '{name}'")
+                problems.append(Problem(f"{path}.{key}", f"unknown parameter. {hint}"))
+            else:
+                problems += check_value(value, entry.parameters[key].annotation, f"{path}.{key}")
+        for param in entry.parameters.values():
+            if param.required and param.name not in spec:
+                problems.append(Problem(f"{path}.{param.name}", f"missing (expected {describe(param.annotation)})"))
+        return problems
+
+    def build(self, spec: Mapping[str, Any], path: str, **injected: Any) -> Any:
+        """Check a spec and build the component, passing the injected values it accepts.
+
+        Raises:
+            ConfigError: the spec is invalid or the component rejected its values.
+        """
+        spec = to_plain(spec)
+        problems = self.check(spec, path)
+        if problems:
+            raise ConfigError(problems)
+        entry = self._entries[spec["name"]]
+        params = {k: _plain(v) for k, v in spec.items() if k != "name"}
+        params.update({k: v for k, v in injected.items() if k in entry.injected})
+        try:
+            return entry.factory(**params)
+        except ValueError as error:
+            raise ConfigError([Problem(path, f"{self.kind} '{entry.name}': {error}")]) from error
+
+
+def _plain(value: Any) -> Any:
+    """YAML lists become tuples so components can hash and compare them."""
+    return tuple(_plain(v) for v in value) if isinstance(value, list) else value
+
+
+def _location(factory: Callable[..., Any]) -> str:
+    try:
+        file = inspect.getsourcefile(factory)
+        line = inspect.getsourcelines(factory)[1]
+        where = f" ({file}:{line})"
+    except (OSError, TypeError):
+        where = ""
+    return f"{factory.__module__}.{factory.__qualname__}{where}"
+
+
+encoders = Registry("encoder", injected=("input_shape",))
+decoders = Registry("decoder", injected=("latent_size", "output_shape"))
+posteriors = Registry("posterior", injected=("in_features", "latent_size"))
+priors = Registry("prior", injected=("latent_size",))
+flows = Registry("flow", injected=("features", "context_features"))
+likelihoods = Registry("likelihood")
+datasets = Registry("dataset")
+
+REGISTRIES: dict[str, Registry] = {
+    "encoders": encoders,
+    "decoders": decoders,
+    "posteriors": posteriors,
+    "priors": priors,
+    "flows": flows,
+    "likelihoods": likelihoods,
+    "datasets": datasets,
+}
+
+register_encoder = encoders.register
+register_decoder = decoders.register
+register_posterior = posteriors.register
+register_prior = priors.register
+register_flow = flows.register
+register_likelihood = likelihoods.register
+register_dataset = datasets.register
+
+list_encoders = encoders.list
+list_decoders = decoders.list
+list_posteriors = posteriors.list
+list_priors = priors.list
+list_flows = flows.list
+list_likelihoods = likelihoods.list
+list_datasets = datasets.list
+
+
+def get_registry(kind: str) -> Registry:
+    """The registry for a kind, by plural name ("flows") or singular ("flow")."""
+    for plural, registry in REGISTRIES.items():
+        if kind in (plural, registry.kind):
+            return registry
+    raise FlowzooError(f"unknown component kind '{kind}'. {did_you_mean(kind, REGISTRIES)}")

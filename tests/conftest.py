@@ -1,0 +1,54 @@
+"""Shared fixtures. Real data is found through $FLOWZOO_DATA_ROOT (CI: ../shared/data)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_data_root() -> Path:
+    """The folder holding the canonical data files; tests needing them skip without it."""
+    root = Path(os.environ.get("FLOWZOO_DATA_ROOT", REPO.parent / "shared" / "data"))
+    if not (root / "binarized_mnist" / "binarized_mnist_test.amat").is_file():
+        pytest.skip(f"canonical binarized MNIST files not found under {root}; set FLOWZOO_DATA_ROOT")
+    return root
+
+
+def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``flowzoo ARGS`` in a fresh interpreter, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "flowzoo.cli", *args],
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "120", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+# A small version of configs/mnist_iaf.yaml: 500 steps (one epoch) on real binarized MNIST.
+TINY_IAF = [
+    "model.encoder.channels=[16, 32]",
+    "model.encoder.hidden_sizes=[128]",
+    "model.flows[0].hidden_features=64",
+    "trainer.epochs=1",
+    "trainer.log_every=50",
+    "eval.iw_samples=10",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """``flowzoo train configs/mnist_iaf.yaml`` at a small size, through the real command line."""
+    output = tmp_path_factory.mktemp("runs")
+    result = run_cli("train", "configs/mnist_iaf.yaml", *TINY_IAF, f"output_dir={output}")
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = output.iterdir()
+    return run_dir, result

@@ -1,0 +1,129 @@
+"""Config loading, overrides, interpolation and whole-config validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flowzoo.config import load_config
+from flowzoo.errors import ConfigError
+from flowzoo.vae import build_vae
+
+from conftest import REPO, run_cli
+
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def problems(source, overrides=()) -> list[str]:
+    with pytest.raises(ConfigError) as error:
+        load_config(source, overrides)
+    return [str(p) for p in error.value.problems]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load_and_build(path):
+    config = load_config(path)
+    model = build_vae(config.model, (1, 28, 28))
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_mnist_iaf_is_the_documented_architecture():
+    config = load_config(REPO / "configs" / "mnist_iaf.yaml")
+    model = build_vae(config.model, (1, 28, 28))
+    steps = [type(step).__name__ for step in model.flows._transforms]
+    assert steps == ["GatedIAF", "ReversePermutation"] * 3 + ["GatedIAF"]
+    made = model.flows._transforms[0].made
+    assert config.model.latent_size == 32
+    assert made.initial_layer.out_features == 320 and len(made.blocks) == 1  # 2 hidden layers of 320
+
+
+def test_unknown_flow_name_gets_path_and_suggestion():
+    (message,) = problems(REPO / "configs" / "mnist_iaf.yaml", ["model.flows[0].name=iaff"])
+    assert message.startswith("model.flows[0].name: unknown flow 'iaff'. Did you mean 'iaf'? Available: ")
+    assert "reverse" in message
+
+
+def test_every_problem_is_reported_at_once():
+    found = problems(
+        REPO / "configs" / "mnist_iaf.yaml",
+        [
+            "trainer.epoch=3",
+            "trainer.lr=-1",
+            "model.encoder.name=convv",
+            "model.flows[0].hidden_featres=10",
+            "model.flows[0].features=5",
+            "model.latent_size=0",
+            "eval.split=train",
+        ],
+    )
+    assert len(found) == 7, found
+    text = "\n".join(found)
+    assert "trainer.epoch: unknown key 'epoch'. Did you mean 'epochs'?" in text
+    assert "trainer.lr: expected a number > 0, got -1" in text
+    assert "model.encoder.name: unknown encoder 'convv'. Did you mean 'conv'?" in text
+    assert "model.flows[0].hidden_featres: unknown parameter. Did you mean 'hidden_features'?" in text
+    assert "model.flows[0].features: is set by the model" in text
+    assert "model.latent_size: expected an integer ≥ 1, got 0" in text
+    assert "eval.split: expected one of 'test', 'valid', got 'train'" in text
+
+
+def test_overrides_reach_list_items_and_parse_yaml_values():
+    config = load_config(
+        REPO / "configs" / "mnist_iaf.yaml",
+        ["model.flows[0].hidden_features=64", "model.encoder.channels=[8, 16]", "trainer.device=cpu"],
+    )
+    assert config.model.flows[0].hidden_features == 64
+    assert list(config.model.decoder.channels) == [8, 16]  # follows the interpolation
+    assert config.trainer.device == "cpu"
+
+
+def test_component_override_replaces_the_whole_spec():
+    overrides = ["model.encoder={name: mlp}", "model.decoder={name: mlp}"]
+    config = load_config(REPO / "configs" / "mnist_vae.yaml", overrides)
+    assert dict(config.model.encoder) == {"name": "mlp"}
+
+
+def test_interpolation_errors_name_the_key_and_suggest():
+    (message,) = problems(REPO / "configs" / "mnist_vae.yaml", ["model.decoder.channels=${model.encoder.chanels}"])
+    assert message.startswith("model.decoder.channels: cannot resolve '${model.encoder.chanels}'")
+    assert "Did you mean 'model.encoder.channels'?" in message
+
+
+def test_defaults_fill_in_and_can_be_interpolated():
+    config = load_config(
+        {"model": {"latent_size": 4, "encoder": {"name": "mlp"}, "decoder": {"name": "mlp"}},
+         "eval": {"batch_size": "${trainer.batch_size}"}}
+    )
+    assert config.eval.batch_size == config.trainer.batch_size == 100
+    assert config.data.name == "binarized_mnist" and config.model.flows == []
+
+
+def test_bad_yaml_names_the_line(tmp_path: Path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\nmodel:\n  latent_size: [32\n")
+    (message,) = problems(path)
+    assert "not valid YAML" in message and "line" in message
+
+
+def test_malformed_override_is_reported():
+    assert problems(REPO / "configs" / "mnist_vae.yaml", ["trainer.epochs"]) == [
+        "override 'trainer.epochs' is not of the form key=value"
+    ]
+
+
+def test_bad_parameter_value_caught_when_building():
+    with pytest.raises(ConfigError) as error:
+        build_vae({"latent_size": 4, "encoder": {"name": "conv", "hidden_sizes": []}, "decoder": {"name": "mlp"}},
+                  (1, 28, 28))
+    assert str(error.value.problems[0]).startswith("model.encoder: encoder 'conv': hidden_sizes must have")
+
+
+def test_cli_reports_config_errors_without_traceback_or_run_directory(tmp_path: Path):
+    result = run_cli("train", "configs/mnist_iaf.yaml", "model.flows[0].name=iaff", "trainer.epoch=1",
+                     f"output_dir={tmp_path / 'runs'}")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "model.flows[0].name: unknown flow 'iaff'. Did you mean 'iaf'?" in result.stderr
+    assert "trainer.epoch: unknown key 'epoch'. Did you mean 'epochs'?" in result.stderr
+    assert not (tmp_path / "runs").exists()

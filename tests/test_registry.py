@@ -1,0 +1,72 @@
+"""Registration, listing, and building user components by name."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from nflows.transforms import Transform
+
+from flowzoo.config import load_config
+from flowzoo.errors import ConfigError
+from flowzoo.registry import RegistryError, flows, get_registry, list_flows, register_flow
+from flowzoo.schema import PositiveInt
+from flowzoo.vae import build_vae
+
+
+@pytest.fixture
+def scratch_flows(monkeypatch):
+    """Registrations made in a test disappear after it."""
+    monkeypatch.setattr(flows, "_entries", dict(flows._entries))
+
+
+def test_list_with_pattern():
+    assert list_flows("iaf") == ["iaf"]
+    assert set(list_flows("*perm*")) == {"random_permutation"}
+    assert list_flows() == sorted(list_flows())
+
+
+def test_duplicate_name_names_both_places(scratch_flows):
+    with pytest.raises(RegistryError) as error:
+
+        @register_flow("iaf")
+        class Impostor(Transform):
+            def __init__(self, features: int):
+                super().__init__()
+
+    message = str(error.value)
+    assert "flowzoo.flows.iaf.GatedIAF" in message and "Impostor" in message and "iaf.py" in message
+
+
+def test_components_must_have_explicit_parameters(scratch_flows):
+    with pytest.raises(RegistryError, match=r"\*\*kwargs"):
+
+        @register_flow("loose")
+        def loose(features: int, **kwargs):
+            return None
+
+
+def test_custom_flow_used_by_name_from_a_config(scratch_flows):
+    @register_flow("scale")
+    class Scale(Transform):
+        """Multiply z by a learned positive scale."""
+
+        def __init__(self, features: int, init: float = 1.0, repeats: PositiveInt = 1):
+            super().__init__()
+            self.log_scale = torch.nn.Parameter(torch.full((features,), float(init)).log())
+
+        def forward(self, z, context=None):
+            return z * self.log_scale.exp(), self.log_scale.sum().expand(len(z))
+
+    config = load_config(
+        {"model": {"latent_size": 3, "encoder": {"name": "mlp"}, "decoder": {"name": "mlp"},
+                   "flows": [{"name": "scale", "init": 2.0}]}}
+    )
+    model = build_vae(config.model, (1, 28, 28))
+    assert isinstance(model.flows._transforms[0], Scale)
+    with pytest.raises(ConfigError, match=r"model.flows\[0\].init: expected a number, got 'big'"):
+        load_config({"model": {"latent_size": 3, "encoder": {"name": "mlp"}, "decoder": {"name": "mlp"},
+                               "flows": [{"name": "scale", "init": "big"}]}})
+
+
+def test_registry_by_kind_name():
+    assert get_registry("flows") is get_registry("flow") is flows
