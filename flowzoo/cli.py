@@ -17,6 +17,7 @@ from flowzoo.experiment import evaluate_run, train
 from flowzoo.registry import REGISTRIES, get_registry
 
 USER_ERROR = 2
+INTERRUPTED = 130
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     except FlowzooError as error:
         Console(stderr=True).print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         return USER_ERROR
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted; checkpoints written so far are in the run directory")
+        return INTERRUPTED
     return 0
 
 

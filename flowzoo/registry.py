@@ -119,11 +119,8 @@ class Registry:
         def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
             entry = self._make_entry(name, factory)
             existing = self._entries.get(name)
-            same = existing is not None and (existing.module, existing.factory.__qualname__) == (
-                entry.module,
-                factory.__qualname__,
-            )
-            if existing is not None and not same:
+            # Re-importing the module that registered a name is not a conflict.
+            if existing is not None and existing.location != entry.location:
                 raise RegistryError(
                     f"{self.kind} '{name}' is registered twice: first by {existing.location}, "
                     f"then by {entry.location}. Rename one of them."
@@ -170,6 +167,8 @@ class Registry:
         name = spec.get("name")
         if name is None:
             return [Problem(f"{path}.name", f"missing. {did_you_mean('', self.list(), kind=self.kind + 's')}")]
+        if not isinstance(name, str):
+            return [Problem(f"{path}.name", f"expected the name of a {self.kind}, got {name!r}")]
         if name not in self._entries:
             return [Problem(f"{path}.name", f"unknown {self.kind} '{name}'. {did_you_mean(name, self.list())}")]
         entry = self._entries[name]
