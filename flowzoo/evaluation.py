@@ -22,8 +22,9 @@ class EvalConfig:
     """K, the importance samples per example for −log p(x); the literature uses 5000."""
     batch_size: PositiveInt = 100
     """Examples per batch."""
-    max_batch: PositiveInt = 10_000
-    """Most (example, sample) pairs decoded in one pass; lower it if memory is short."""
+    max_batch: PositiveInt = 500
+    """Most (example, sample) pairs decoded in one pass. On 2 CPU cores 500 evaluated 1.6×
+    faster than 10,000 (larger passes spend their time in page faults); raise it on a GPU."""
     split: Literal["test", "valid"] = "test"
     """Split evaluated at the end of training and by ``flowzoo eval``."""
     seed: int = 1234
@@ -37,7 +38,7 @@ def evaluate(
     *,
     iw_samples: int = 100,
     batch_size: int = 100,
-    max_batch: int = 10_000,
+    max_batch: int = 500,
     seed: int = 1234,
 ) -> dict[str, float]:
     r"""Average per-example metrics of a VAE over ``images``, in nats.
