@@ -9,7 +9,6 @@ from nflows.transforms import Transform
 from flowzoo.config import load_config
 from flowzoo.errors import ConfigError
 from flowzoo.registry import RegistryError, flows, get_registry, list_flows, register_flow
-from flowzoo.schema import PositiveInt
 from flowzoo.vae import build_vae
 
 
@@ -50,7 +49,7 @@ def test_custom_flow_used_by_name_from_a_config(scratch_flows):
     class Scale(Transform):
         """Multiply z by a learned positive scale."""
 
-        def __init__(self, features: int, init: float = 1.0, repeats: PositiveInt = 1):
+        def __init__(self, features: int, init: float = 1.0):
             super().__init__()
             self.log_scale = torch.nn.Parameter(torch.full((features,), float(init)).log())
 
