@@ -88,9 +88,10 @@ def load_run(run_dir: str | Path, overrides: Iterable[str] = ()) -> tuple[DictCo
 def evaluate_run(run_dir: str | Path, overrides: Iterable[str] = ()) -> dict[str, float]:
     """Evaluate a saved run's best checkpoint (``flowzoo eval RUN_DIR``) and log the result."""
     config, model, dataset = load_run(run_dir, overrides)
+    run = RunDir(run_dir)
     metrics = _evaluate(model, dataset.load(config.eval.split), config)
-    RunDir(run_dir).log("eval", split=config.eval.split, **metrics)
-    caption = f"{metrics['examples']:,} images; {RunDir(run_dir).best}"
+    run.log("eval", split=config.eval.split, **metrics)
+    caption = f"{metrics['examples']:,} images; {run.best}"
     console.print(results_table(metrics, title=f"{config.eval.split} metrics (nats per example)", caption=caption))
     return metrics
 
