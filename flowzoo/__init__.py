@@ -10,6 +10,7 @@ from flowzoo.config import ExperimentConfig, load_config
 from flowzoo.errors import CheckpointError, ConfigError, DataError, FlowzooError
 from flowzoo.evaluation import evaluate
 from flowzoo.experiment import Run, evaluate_run, load_run, train
+from flowzoo.flowcheck import check_flow
 from flowzoo.registry import (
     list_datasets,
     list_decoders,
@@ -37,6 +38,7 @@ __all__ = [
     "Run",
     "VAE",
     "build_vae",
+    "check_flow",
     "evaluate",
     "evaluate_run",
     "list_datasets",

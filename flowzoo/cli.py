@@ -1,4 +1,4 @@
-"""The ``flowzoo`` command: train, eval, list."""
+"""The ``flowzoo`` command: train, eval, list, check-flow."""
 
 from __future__ import annotations
 
@@ -7,21 +7,25 @@ __all__ = ["main"]
 import argparse
 import sys
 
+import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from flowzoo.console import console
-from flowzoo.errors import FlowzooError
+from flowzoo.errors import ConfigError, FlowzooError, Problem
 from flowzoo.experiment import evaluate_run, train
+from flowzoo.flowcheck import check_flow
+from flowzoo.plugins import import_modules
 from flowzoo.registry import REGISTRIES, get_registry
 
+CHECK_FAILED = 1
 USER_ERROR = 2
 INTERRUPTED = 130
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (2 for a user error)."""
+    """Run the command line; returns the exit status (1 for a failed check, 2 for a user error)."""
     parser = argparse.ArgumentParser(prog="flowzoo", description="VAEs with normalizing-flow posteriors.")
     commands = parser.add_subparsers(dest="command", required=True)
     training = commands.add_parser("train", help="train a model from a YAML config")
@@ -30,9 +34,20 @@ def main(argv: list[str] | None = None) -> int:
     evaluation = commands.add_parser("eval", help="evaluate a saved run's best checkpoint")
     evaluation.add_argument("run_dir")
     evaluation.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. eval.iw_samples=5000")
-    listing = commands.add_parser("list", help="list registered components")
+    listing = commands.add_parser("list", help="list registered components and where they come from")
     listing.add_argument("kind", nargs="?", help=f"one of {', '.join(REGISTRIES)}")
     listing.add_argument("pattern", nargs="?", default="*", help="shell-style name pattern, e.g. 'iaf*'")
+    checking = commands.add_parser("check-flow", help="check a flow's log-det, gradients and structure")
+    checking.add_argument("name", help="a registered flow, e.g. planar")
+    checking.add_argument("parameters", nargs="*", metavar="key=value", help="flow parameters, e.g. hidden_features=16")
+    checking.add_argument("--features", type=int, default=5, help="size of z (default 5)")
+    checking.add_argument("--context-features", type=int, default=3, help="size of the context h, 0 for none")
+    checking.add_argument("--batch-size", type=int, default=4, help="number of random inputs (default 4)")
+    checking.add_argument("--seed", type=int, default=0)
+    checking.add_argument("--tolerance", type=float, default=1e-6, help="largest accepted absolute error")
+    for command in (listing, checking):
+        command.add_argument("--import", dest="modules", action="append", default=[], metavar="MODULE",
+                             help="import a local module that registers components first (repeatable)")
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
@@ -40,9 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "eval":
             evaluate_run(args.run_dir, args.overrides)
         else:
-            console.print(_component_table(args.kind, args.pattern))
+            problems = import_modules(args.modules, path="--import")
+            if problems:
+                raise ConfigError(problems)
+            if args.command == "list":
+                console.print(_component_table(args.kind, args.pattern))
+            else:
+                return _check_flow(args)
     except FlowzooError as error:
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+        _print_error(str(error))
         return USER_ERROR
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted; checkpoints written so far are in the run directory")
@@ -50,15 +71,49 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _print_error(message: str) -> None:
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _check_flow(args: argparse.Namespace) -> int:
+    spec: dict = {"name": args.name}
+    problems = []
+    for item in args.parameters:
+        key, sep, text = item.partition("=")
+        try:
+            spec[key] = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            problems.append(Problem(f"flow.{key}", f"cannot parse value {text!r}: {error}"))
+        if not sep or not key:
+            problems.append(Problem("flow", f"'{item}' is not of the form key=value"))
+    if problems:
+        raise ConfigError(problems)
+    for option in ("features", "batch_size"):
+        if getattr(args, option) < 1:
+            raise ConfigError([Problem(f"--{option.replace('_', '-')}", "must be at least 1")])
+    report = check_flow(spec, features=args.features, context_features=max(args.context_features, 0),
+                        batch_size=args.batch_size, seed=args.seed, tolerance=args.tolerance)
+    console.print(report.table())
+    if report.passed:
+        return 0
+    summary = ", ".join(f"{c.name}" + (f" (max error {c.error:.2e})" if c.error is not None else "")
+                        for c in report.failures)
+    _print_error(f"{args.name} failed: {summary}")
+    return CHECK_FAILED
+
+
 def _component_table(kind: str | None, pattern: str) -> Table:
     registries = [get_registry(kind)] if kind else list(REGISTRIES.values())
     table = Table(title="registered components", title_justify="left")
-    for column in ("kind", "name", "description", "defined in"):
-        table.add_column(column)
+    table.add_column("kind")
+    table.add_column("name", no_wrap=True)
+    table.add_column("description", ratio=3)
+    table.add_column("origin", ratio=1)
+    table.add_column("defined in", overflow="fold", ratio=1)
     for registry in registries:
         for name in registry.list(pattern):
             entry = registry[name]
-            table.add_row(registry.kind, name, entry.summary, entry.module)
+            table.add_row(registry.kind, name, entry.summary, entry.origin, entry.module)
     return table
 
 

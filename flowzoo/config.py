@@ -6,6 +6,11 @@ problem is reported at once with its key path::
     invalid config (configs/mnist_iaf.yaml): 2 problems
       model.flows[0].name: unknown flow 'iaff'. Did you mean 'iaf'? Available: iaf, ...
       trainer.epoch: unknown key 'epoch'. Did you mean 'epochs'? Available keys: ...
+
+A YAML file may start from another with ``base: other.yaml`` (a path relative to the
+file): its keys are merged over the base's, lists replaced whole. Modules listed under
+``plugins:`` are imported before validation so that the components they register can
+be named in the rest of the config.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from flowzoo.errors import ConfigError, Problem, did_you_mean
 from flowzoo.evaluation import EvalConfig
+from flowzoo.plugins import import_modules
 from flowzoo.registry import datasets
 from flowzoo.schema import component, section_problems, with_defaults
 from flowzoo.trainer import TrainerConfig
@@ -35,6 +41,8 @@ class ExperimentConfig:
 
     name: str = "experiment"
     """Names the run directory ``<output_dir>/<name>-<timestamp>``."""
+    plugins: list[str] = dataclasses.field(default_factory=list)
+    """Local modules to import first; they register components named in this config."""
     seed: int = 0
     """Seeds model initialisation, posterior sampling and data order."""
     output_dir: str = "runs"
@@ -79,17 +87,22 @@ def load_config(source: str | Path | Mapping[str, Any], overrides: Iterable[str]
     if problems:
         raise ConfigError(problems, label)
     plain = OmegaConf.to_container(completed, resolve=True)
-    problems = section_problems(ExperimentConfig, plain, "")
+    problems = import_modules(plain["plugins"]) if isinstance(plain.get("plugins"), list) else []
+    problems += section_problems(ExperimentConfig, plain, "")
     if problems:
         raise ConfigError(problems, label)
     return OmegaConf.create(plain)
 
 
-def _read(source: str | Path | Mapping[str, Any], label: str | None) -> DictConfig:
+BASE_KEY = "base"
+
+
+def _read(source: str | Path | Mapping[str, Any], label: str | None, chain: tuple[Path, ...] = ()) -> DictConfig:
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
-            raise ConfigError([Problem("", f"no config file at {path}")])
+            where = f"{chain[-1]}: {BASE_KEY}" if chain else ""
+            raise ConfigError([Problem(where, f"no config file at {path}")], label)
         try:
             loaded = OmegaConf.load(path)
         except yaml.YAMLError as error:
@@ -100,7 +113,15 @@ def _read(source: str | Path | Mapping[str, Any], label: str | None) -> DictConf
         loaded = OmegaConf.create(source if isinstance(source, DictConfig) else dict(source))
     if not isinstance(loaded, DictConfig):
         raise ConfigError([Problem("", "the top level must be a mapping of sections (name, data, model, ...)")], label)
-    return loaded
+    if BASE_KEY not in loaded:
+        return loaded
+    base = loaded.pop(BASE_KEY)
+    if not isinstance(source, (str, Path)) or not isinstance(base, str):
+        raise ConfigError([Problem(BASE_KEY, "expected the path of a YAML file, relative to this one")], label)
+    base_path = (path.parent / base).resolve()
+    if base_path in chain or base_path == path.resolve():
+        raise ConfigError([Problem(BASE_KEY, f"{base} is already a base of this config (a cycle)")], label)
+    return OmegaConf.merge(_read(base_path, label, (*chain, path.resolve())), loaded)
 
 
 def _yaml_message(error: yaml.YAMLError) -> str:

@@ -61,6 +61,7 @@ from typing import Any, Callable, Mapping
 from torch import nn
 
 from flowzoo.errors import ConfigError, FlowzooError, Problem, did_you_mean
+from flowzoo.plugins import load_entry_points, origin_of
 from flowzoo.schema import check_value, describe, to_plain
 
 
@@ -83,7 +84,12 @@ class Parameter:
 
 @dataclass(frozen=True)
 class Entry:
-    """A registered component: its factory, parameters and where it was defined."""
+    """A registered component: its factory, parameters, tags and where it came from.
+
+    ``origin`` is ``built-in``, ``plugin <distribution> <version>`` or ``module <name>``;
+    ``tags`` are the keyword arguments given to the ``register_*`` decorator (flows use
+    ``triangular="lower"`` or ``"upper"`` to declare the shape of their Jacobian).
+    """
 
     name: str
     factory: Callable[..., Any]
@@ -91,6 +97,8 @@ class Entry:
     injected: tuple[str, ...]
     module: str
     location: str
+    origin: str
+    tags: Mapping[str, Any]
 
     @property
     def summary(self) -> str:
@@ -113,11 +121,11 @@ class Registry:
         self.injected = injected
         self._entries: dict[str, Entry] = {}
 
-    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator registering a class or function under ``name``."""
+    def register(self, name: str, **tags: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator registering a class or function under ``name``, with optional tags."""
 
         def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
-            entry = self._make_entry(name, factory)
+            entry = self._make_entry(name, factory, tags)
             existing = self._entries.get(name)
             # Re-importing the module that registered a name is not a conflict.
             if existing is not None and existing.location != entry.location:
@@ -130,10 +138,12 @@ class Registry:
 
         return decorator
 
-    def _make_entry(self, name: str, factory: Callable[..., Any]) -> Entry:
+    def _make_entry(self, name: str, factory: Callable[..., Any], tags: Mapping[str, Any]) -> Entry:
+        module = factory.__module__
+        origin = origin_of(module)
         target = factory.__init__ if inspect.isclass(factory) else factory
         if target in (object.__init__, nn.Module.__init__):  # a class with no parameters of its own
-            return Entry(name, factory, {}, (), factory.__module__, _location(factory))
+            return Entry(name, factory, {}, (), module, _location(factory), origin, dict(tags))
         signature = inspect.signature(target)
         hints = typing.get_type_hints(target, include_extras=True)
         parameters, injected = {}, []
@@ -147,17 +157,23 @@ class Registry:
                 injected.append(param.name)
             else:
                 parameters[param.name] = Parameter(param.name, hints.get(param.name, Any), param.default)
-        return Entry(name, factory, parameters, tuple(injected), factory.__module__, _location(factory))
+        return Entry(name, factory, parameters, tuple(injected), module, _location(factory), origin, dict(tags))
+
+    @property
+    def entries(self) -> Mapping[str, Entry]:
+        """Every registered component, including those of plugins (loaded on first use)."""
+        load_entry_points()
+        return self._entries
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self.entries
 
     def __getitem__(self, name: str) -> Entry:
-        return self._entries[name]
+        return self.entries[name]
 
     def list(self, pattern: str = "*") -> list[str]:
         """Registered names matching a shell-style pattern, sorted."""
-        return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
+        return sorted(n for n in self.entries if fnmatch.fnmatchcase(n, pattern))
 
     def check(self, spec: Any, path: str) -> list[Problem]:
         """Every problem with a spec ``{name: ..., **params}``, without building it."""
@@ -169,9 +185,9 @@ class Registry:
             return [Problem(f"{path}.name", f"missing. {did_you_mean('', self.list(), kind=self.kind + 's')}")]
         if not isinstance(name, str):
             return [Problem(f"{path}.name", f"expected the name of a {self.kind}, got {name!r}")]
-        if name not in self._entries:
+        if name not in self.entries:
             return [Problem(f"{path}.name", f"unknown {self.kind} '{name}'. {did_you_mean(name, self.list())}")]
-        entry = self._entries[name]
+        entry = self.entries[name]
         problems = []
         for key, value in spec.items():
             if key == "name":
@@ -198,7 +214,7 @@ class Registry:
         problems = self.check(spec, path)
         if problems:
             raise ConfigError(problems)
-        entry = self._entries[spec["name"]]
+        entry = self.entries[spec["name"]]
         params = {k: _plain(v) for k, v in spec.items() if k != "name"}
         params.update({k: v for k, v in injected.items() if k in entry.injected})
         try:

@@ -127,3 +127,35 @@ def test_cli_reports_config_errors_without_traceback_or_run_directory(tmp_path: 
     assert "model.flows[0].name: unknown flow 'iaff'. Did you mean 'iaf'?" in result.stderr
     assert "trainer.epoch: unknown key 'epoch'. Did you mean 'epochs'?" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_config_extends_its_base_and_replaces_lists(tmp_path: Path):
+    (tmp_path / "parent.yaml").write_text(
+        "name: parent\nmodel:\n  latent_size: 8\n  context_size: 4\n  encoder: {name: mlp}\n  decoder: {name: mlp}\n"
+        "  flows: [{name: iaf, repeat: 2}, {name: reverse}]\ntrainer: {epochs: 7, lr: 0.01}\n"
+    )
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text(
+        "base: ../parent.yaml\nname: child\nmodel:\n  flows: [{name: planar}]\ntrainer: {epochs: 2}\n"
+    )
+    config = load_config(tmp_path / "sub" / "child.yaml", ["trainer.lr=0.5"])
+    assert config.name == "child" and config.model.latent_size == 8 and config.model.context_size == 4
+    assert [f.name for f in config.model.flows] == ["planar"]
+    assert (config.trainer.epochs, config.trainer.lr) == (2, 0.5)
+    assert "base" not in config
+
+
+def test_shipped_family_configs_differ_from_their_base_only_in_flows():
+    vae = load_config(REPO / "configs" / "mnist_vae.yaml")
+    for name in ("planar", "sylvester", "householder", "radial"):
+        config = load_config(REPO / "configs" / f"mnist_{name}.yaml")
+        assert config.model.encoder == vae.model.encoder and config.model.decoder == vae.model.decoder
+        assert config.trainer == vae.trainer and config.model.flows
+
+
+def test_a_missing_or_cyclic_base_is_reported(tmp_path: Path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    assert any("(a cycle)" in p for p in problems(tmp_path / "a.yaml"))
+    (tmp_path / "c.yaml").write_text("base: nowhere.yaml\n")
+    assert any("no config file at" in p and "nowhere.yaml" in p for p in problems(tmp_path / "c.yaml"))

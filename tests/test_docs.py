@@ -1,4 +1,4 @@
-"""The README's Python examples run as written."""
+"""The Python examples in the README and in docs/ run as written."""
 
 from __future__ import annotations
 
@@ -7,16 +7,35 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
+
+DOCUMENTS = ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))]
+
+
+def python_blocks(document: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (REPO / document).read_text(), flags=re.S)
+
+
+def run_blocks(blocks: list[str], cwd) -> subprocess.CompletedProcess:
+    shutil.copytree(REPO / "configs", cwd / "configs")
+    script = cwd / "examples.py"
+    script.write_text("\n\n".join(blocks))
+    return subprocess.run([sys.executable, str(script)], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
 def test_readme_python_examples_run(tmp_path):
-    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    blocks = python_blocks("README.md")
     assert len(blocks) >= 3
-    shutil.copytree(REPO / "configs", tmp_path / "configs")
-    script = tmp_path / "readme_examples.py"
-    script.write_text("\n\n".join(blocks))
-    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    result = run_blocks(blocks, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test metrics" in result.stdout
     assert (tmp_path / "runs").is_dir()
+
+
+@pytest.mark.parametrize("document", [d for d in DOCUMENTS if d != "README.md" and python_blocks(d)])
+def test_docs_python_examples_run(document, tmp_path):
+    """Each page's blocks run in order in one script, as a reader would paste them."""
+    result = run_blocks(python_blocks(document), tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
