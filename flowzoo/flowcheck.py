@@ -140,8 +140,6 @@ def check_flow(
 
 
 def _builder(spec: dict, features: int, context_features: int, perturbation: float) -> Callable[[int], nn.Module]:
-    flows.build(spec, "flow", features=features, context_features=context_features)  # raise ConfigError early
-
     def build(seed: int) -> nn.Module:
         torch.manual_seed(seed)
         module = flows.build(spec, "flow", features=features, context_features=context_features).double()
