@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["save_checkpoint", "load_checkpoint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "evaluation_weights"]
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +37,20 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+    except Exception as error:  # arbitrary bytes make the unpickler raise almost anything
+        first = (str(error).splitlines() or [""])[0]
+        if first.startswith("Weights only load failed"):  # torch's advice to unpickle anyway does not apply
+            first = "it holds objects other than tensors, numbers and containers"
         raise CheckpointError(
-            f"{path} is not a readable flowzoo checkpoint ({type(error).__name__}: {str(error).splitlines()[0]}). "
+            f"{path} is not a readable flowzoo checkpoint ({type(error).__name__}{': ' + first if first else ''}). "
             "It may be truncated or corrupt; use another checkpoint of the run or train again."
         ) from error
-    if not isinstance(payload, dict) or "model" not in payload:
+    weights = [payload.get("model"), payload.get("ema", {})] if isinstance(payload, dict) else [None]
+    if not all(isinstance(w, dict) for w in weights):
         raise CheckpointError(f"{path} is a torch file but not a flowzoo checkpoint (no model weights in it)")
     return payload
+
+
+def evaluation_weights(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The weights to evaluate: the Polyak average where the run kept one, else the trained weights."""
+    return {**checkpoint["model"], **checkpoint.get("ema", {})}

@@ -1,4 +1,4 @@
-"""The ``flowzoo`` command: train, eval, list, check-flow."""
+"""The ``flowzoo`` command: train, resume, eval, list, check-flow."""
 
 from __future__ import annotations
 
@@ -13,24 +13,29 @@ from rich.markup import escape
 from rich.table import Table
 
 from flowzoo.console import console
-from flowzoo.errors import ConfigError, FlowzooError, Problem
-from flowzoo.experiment import evaluate_run, train
+from flowzoo.errors import ConfigError, FlowzooError, Problem, TrainingError
+from flowzoo.experiment import evaluate_run, resume, train
 from flowzoo.flowcheck import check_flow
 from flowzoo.plugins import import_modules
 from flowzoo.registry import REGISTRIES, get_registry
 
-CHECK_FAILED = 1
+FAILED = 1
 USER_ERROR = 2
 INTERRUPTED = 130
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (1 for a failed check, 2 for a user error)."""
+    """Run the command line; returns the exit status (1 for a failed check or a diverged run, 2 for a user error)."""
     parser = argparse.ArgumentParser(prog="flowzoo", description="VAEs with normalizing-flow posteriors.")
     commands = parser.add_subparsers(dest="command", required=True)
     training = commands.add_parser("train", help="train a model from a YAML config")
     training.add_argument("config", help="YAML config file, e.g. configs/mnist_iaf.yaml")
     training.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. trainer.epochs=1")
+    training.add_argument("--resume", action="store_true",
+                          help="continue the newest run of this config in its output_dir from its last checkpoint")
+    resuming = commands.add_parser("resume", help="continue a run from its last checkpoint")
+    resuming.add_argument("run_dir")
+    resuming.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. trainer.epochs=200")
     evaluation = commands.add_parser("eval", help="evaluate a saved run's best checkpoint")
     evaluation.add_argument("run_dir")
     evaluation.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. eval.iw_samples=5000")
@@ -51,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
-            train(args.config, args.overrides)
+            train(args.config, args.overrides, resume=args.resume)
+        elif args.command == "resume":
+            resume(args.run_dir, args.overrides)
         elif args.command == "eval":
             evaluate_run(args.run_dir, args.overrides)
         else:
@@ -62,11 +69,14 @@ def main(argv: list[str] | None = None) -> int:
                 console.print(_component_table(args.kind, args.pattern))
             else:
                 return _check_flow(args)
+    except TrainingError as error:
+        _print_error(str(error))
+        return FAILED
     except FlowzooError as error:
         _print_error(str(error))
         return USER_ERROR
     except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted; checkpoints written so far are in the run directory")
+        Console(stderr=True).print("interrupted; `flowzoo resume RUN_DIR` continues from the last checkpoint")
         return INTERRUPTED
     return 0
 
@@ -99,7 +109,7 @@ def _check_flow(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{c.name}" + (f" (max error {c.error:.2e})" if c.error is not None else "")
                         for c in report.failures)
     _print_error(f"{args.name} failed: {summary}")
-    return CHECK_FAILED
+    return FAILED
 
 
 def _component_table(kind: str | None, pattern: str) -> Table:

@@ -30,16 +30,24 @@ from flowzoo.errors import ConfigError, Problem, did_you_mean
 from flowzoo.evaluation import EvalConfig
 from flowzoo.plugins import import_modules
 from flowzoo.registry import datasets
-from flowzoo.schema import component, section_problems, with_defaults
+from flowzoo.schema import check_value, component, section_problems, with_defaults
 from flowzoo.trainer import TrainerConfig
 from flowzoo.vae import ModelConfig
+
+
+def _check_name(value: Any, path: str) -> list[Problem]:
+    """A string that can name a directory inside ``output_dir``."""
+    problems = check_value(value, str, path)
+    if not problems and ("/" in value or "\\" in value):
+        problems.append(Problem(path, f"expected a name without '/' or '\\' for the run directory, got {value!r}"))
+    return problems
 
 
 @dataclasses.dataclass(kw_only=True)
 class ExperimentConfig:
     """The whole experiment: what data, which model, how to train and evaluate it."""
 
-    name: str = "experiment"
+    name: str = dataclasses.field(default="experiment", metadata={"check": _check_name})
     """Names the run directory ``<output_dir>/<name>-<timestamp>``."""
     plugins: list[str] = dataclasses.field(default_factory=list)
     """Local modules to import first; they register components named in this config."""
@@ -98,6 +106,7 @@ BASE_KEY = "base"
 
 
 def _read(source: str | Path | Mapping[str, Any], label: str | None, chain: tuple[Path, ...] = ()) -> DictConfig:
+    in_base = f" in {source}" if chain else ""  # a problem in a base file names that file
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
@@ -106,13 +115,17 @@ def _read(source: str | Path | Mapping[str, Any], label: str | None, chain: tupl
         try:
             loaded = OmegaConf.load(path)
         except yaml.YAMLError as error:
-            raise ConfigError([Problem("", f"not valid YAML: {_yaml_message(error)}")], label) from None
-        except OmegaConfBaseException as error:
-            raise ConfigError([Problem("", str(error).splitlines()[0])], label) from None
+            raise ConfigError([Problem("", f"not valid YAML{in_base}: {_yaml_message(error)}")], label) from None
+        except UnicodeDecodeError as error:
+            raise ConfigError([Problem("", f"not UTF-8 text{in_base}: {error}")], label) from None
+        except OmegaConfBaseException as error:  # e.g. a malformed ${...}, located by full_key
+            message = str(error).splitlines()[0] + in_base
+            raise ConfigError([Problem(error.full_key or "", message)], label) from None
     else:
         loaded = OmegaConf.create(source if isinstance(source, DictConfig) else dict(source))
     if not isinstance(loaded, DictConfig):
-        raise ConfigError([Problem("", "the top level must be a mapping of sections (name, data, model, ...)")], label)
+        message = f"the top level{in_base} must be a mapping of sections (name, data, model, ...)"
+        raise ConfigError([Problem("", message)], label)
     if BASE_KEY not in loaded:
         return loaded
     base = loaded.pop(BASE_KEY)
@@ -144,7 +157,7 @@ def _apply_overrides(config: DictConfig, overrides: Iterable[str]) -> list[Probl
             continue
         try:
             OmegaConf.update(config, key, value, merge=False)
-        except OmegaConfBaseException as error:
+        except (OmegaConfBaseException, TypeError) as error:  # TypeError: a non-integer list index
             problems.append(Problem(key, f"cannot apply override: {str(error).splitlines()[0]}"))
     return problems
 

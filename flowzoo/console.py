@@ -30,8 +30,9 @@ METRIC_LABELS = {
 
 def config_panel(config: DictConfig, title: str) -> Panel:
     """The resolved config as highlighted YAML, short lists on one line."""
-    text = yaml.safe_dump(OmegaConf.to_container(config), sort_keys=False, default_flow_style=None, allow_unicode=True)
-    return Panel(Syntax(text.rstrip(), "yaml", background_color="default"), title=escape(title))
+    text = yaml.safe_dump(OmegaConf.to_container(config), sort_keys=False, default_flow_style=None,
+                          allow_unicode=True, width=console.width - 30)  # YAML overshoots its width by an item
+    return Panel(Syntax(text.rstrip(), "yaml", background_color="default", word_wrap=True), title=escape(title))
 
 
 def parameter_table(model: nn.Module) -> Table:
@@ -61,8 +62,8 @@ def results_table(metrics: Mapping[str, Any], title: str, caption: str = "") -> 
     return table
 
 
-def training_progress() -> Progress:
-    """A progress bar whose ``status`` field shows the running loss."""
+def training_progress(disable: bool = False) -> Progress:
+    """A progress bar whose ``status`` field shows the running losses and speed."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -71,4 +72,5 @@ def training_progress() -> Progress:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
+        disable=disable,
     )

@@ -7,6 +7,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "CheckpointError",
+    "TrainingError",
     "Problem",
     "did_you_mean",
 ]
@@ -53,6 +54,13 @@ class DataError(FlowzooError):
 
 class CheckpointError(FlowzooError):
     """A run directory or checkpoint that cannot be loaded."""
+
+
+class TrainingError(FlowzooError):
+    """A run that cannot go on, e.g. losses that stay non-finite after every rollback.
+
+    The command line prints its message and exits with status 1.
+    """
 
 
 def did_you_mean(word: str, choices: Iterable[str], *, kind: str = "") -> str:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-__all__ = ["EvalConfig", "evaluate"]
+__all__ = ["EvalConfig", "evaluate", "evaluation_settings"]
 
 import dataclasses
 import math
-from typing import Literal
+from typing import Any, Literal, Mapping
 
 import torch
 from torch import Tensor, nn
 
+from flowzoo.distributed import Distributed
 from flowzoo.schema import PositiveInt
 
 
@@ -31,6 +32,12 @@ class EvalConfig:
     """Seed of the evaluation's own random stream, so numbers repeat exactly."""
 
 
+def evaluation_settings(section: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
+    """The keyword arguments of :func:`evaluate` from an ``eval`` config section."""
+    settings = {key: section[key] for key in ("iw_samples", "batch_size", "max_batch", "seed")}
+    return {**settings, **changes}
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -40,6 +47,7 @@ def evaluate(
     batch_size: int = 100,
     max_batch: int = 500,
     seed: int = 1234,
+    workers: Distributed = Distributed(),
 ) -> dict[str, float]:
     r"""Average per-example metrics of a VAE over ``images``, in nats.
 
@@ -53,7 +61,8 @@ def evaluate(
 
     Samples are drawn in chunks of at most ``max_batch`` (example, sample) pairs with
     a running log-sum-exp, so any K fits in memory. The evaluation draws from its own
-    seeded random stream and leaves the global one untouched.
+    seeded random stream and leaves the global one untouched. Under ``torchrun`` each
+    rank evaluates its share of ``images`` and every rank gets the averages over all.
 
     References:
         Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
@@ -67,10 +76,12 @@ def evaluate(
         (True, 20)
     """
     device = next(model.parameters()).device
+    n = len(images)
+    images = workers.shard(images)
     was_training = model.training
     model.eval()
     chunk = max(1, min(iw_samples, max_batch // batch_size))
-    totals = {"log_w": 0.0, "log_px_given_z": 0.0, "log_iw": 0.0}
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # Σ log w, Σ log p(x|z), Σ log-IW; no per-batch sync
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -81,18 +92,18 @@ def evaluate(
                 terms = model.log_weights(x, min(chunk, iw_samples - first))
                 log_w = (terms["log_px_given_z"] + terms["log_pz"] - terms["log_qz"]).double()
                 running = torch.logaddexp(running, torch.logsumexp(log_w, dim=0))
-                totals["log_w"] += log_w.sum().item()
-                totals["log_px_given_z"] += terms["log_px_given_z"].double().sum().item()
-            totals["log_iw"] += (running - math.log(iw_samples)).sum().item()
+                totals[0] += log_w.sum()
+                totals[1] += terms["log_px_given_z"].double().sum()
+            totals[2] += (running - math.log(iw_samples)).sum()
     model.train(was_training)
-    n = len(images)
-    neg_elbo = -totals["log_w"] / (n * iw_samples)
-    recon = -totals["log_px_given_z"] / (n * iw_samples)
+    log_w, log_px_given_z, log_iw = workers.sum(totals).tolist()
+    neg_elbo = -log_w / (n * iw_samples)
+    recon = -log_px_given_z / (n * iw_samples)
     return {
         "neg_elbo": neg_elbo,
         "recon": recon,
         "kl": neg_elbo - recon,
-        "nll_iw": -totals["log_iw"] / n,
+        "nll_iw": -log_iw / n,
         "iw_samples": iw_samples,
         "examples": n,
     }

@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
-__all__ = ["Run", "train", "evaluate_run", "load_run"]
+__all__ = ["Run", "train", "resume", "evaluate_run", "load_run", "RESUMABLE_KEYS"]
 
 import dataclasses
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from flowzoo.checkpoint import load_checkpoint
+from flowzoo.checkpoint import evaluation_weights, load_checkpoint
 from flowzoo.config import load_config
 from flowzoo.console import config_panel, console, parameter_table, results_table
+from flowzoo.distributed import Distributed, setup_distributed
 from flowzoo.errors import CheckpointError, ConfigError, Problem
-from flowzoo.evaluation import evaluate
+from flowzoo.evaluation import evaluate, evaluation_settings
 from flowzoo.registry import datasets
 from flowzoo.runs import RunDir
 from flowzoo.trainer import Trainer, resolve_device
 from flowzoo.vae import VAE, build_vae
+
+RESUMABLE_KEYS = (
+    "trainer.epochs",
+    "trainer.device",
+    "trainer.log_every",
+    "trainer.checkpoint_every",
+    "trainer.picture_count",
+    "trainer.tensorboard",
+    "trainer.max_bad_steps",
+    "trainer.max_rollbacks",
+    "eval.",
+)
+"""Keys a resumed run may change: how long it trains, where, and how it reports."""
 
 
 @dataclasses.dataclass
@@ -31,31 +45,112 @@ class Run:
     metrics: dict[str, float]
 
 
-def train(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = ()) -> Run:
+def train(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (), resume: bool = False) -> Run:
     """Validate a config, train its model, and evaluate the best checkpoint.
 
     Nothing is written until the config, the model and the data have all been checked.
+    Under ``torchrun`` every process calls this; they train one model together.
 
     Args:
         config: a YAML file, a mapping, or a config from :func:`~flowzoo.config.load_config`.
         overrides: ``key=value`` strings applied on top.
+        resume: continue the newest run of this config's name in its output directory
+            instead of starting a new one; the configs must agree except for
+            :data:`RESUMABLE_KEYS`.
     """
     config = load_config(config, overrides)
-    torch.manual_seed(config.seed)
+    if resume:
+        run = _latest_run(config)
+        return _fit(config, run, load_checkpoint(run.last))
+    return _fit(config, None, None)
+
+
+def resume(run_dir: str | Path, overrides: Iterable[str] = ()) -> Run:
+    """Continue a run from its last checkpoint (``flowzoo resume RUN_DIR``).
+
+    On the CPU the resumed run computes exactly what the uninterrupted run would have:
+    the checkpoint holds the weights, optimizer, schedule, scaler, data position and
+    random states. ``overrides`` may change only :data:`RESUMABLE_KEYS`, e.g. ``trainer.epochs``.
+    """
+    run = RunDir.open(run_dir)
+    overrides = list(overrides)
+    fixed = [item for item in overrides if not _resumable(item.partition("=")[0])]
+    if fixed:
+        raise ConfigError([Problem(item.partition("=")[0], "a resumed run can change only "
+                                   f"{', '.join(k + '*' if k.endswith('.') else k for k in RESUMABLE_KEYS)}")
+                           for item in fixed])
+    config = load_config(run.config_file, overrides)
+    return _fit(config, run, load_checkpoint(run.last))
+
+
+def _resumable(key: str) -> bool:
+    return any(key.startswith(k) if k.endswith(".") else key == k for k in RESUMABLE_KEYS)
+
+
+def _latest_run(config: DictConfig) -> RunDir:
+    runs = sorted(Path(config.output_dir).glob(f"{config.name}-*/last.pt"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise CheckpointError(f"--resume: no run of '{config.name}' with a checkpoint in {config.output_dir}/; "
+                              "start one without --resume")
+    run = RunDir.open(runs[-1].parent)
+    saved = _flatten(OmegaConf.to_container(OmegaConf.load(run.config_file)))
+    now = _flatten(OmegaConf.to_container(config))
+    changed = [Problem(key, f"is {now.get(key)!r} here but {saved.get(key)!r} in {run.config_file}")
+               for key in sorted(set(saved) | set(now))
+               if saved.get(key) != now.get(key) and not _resumable(key) and key != "output_dir"]  # runs may move
+    if changed:
+        raise ConfigError(changed + [Problem("", f"--resume continues {run.path} only with the same config; "
+                                             "drop --resume to start a new run")])
+    return run
+
+
+def _flatten(node: Any, path: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        return {flat_key: flat_value for key, value in node.items()
+                for flat_key, flat_value in _flatten(value, f"{path}.{key}" if path else key).items()}
+    return {path: node}
+
+
+def _fit(config: DictConfig, run: RunDir | None, state: dict[str, Any] | None) -> Run:
+    workers = setup_distributed(cuda=resolve_device(config.trainer.device).type == "cuda")
+    try:
+        finished = _fit_as(workers, config, run, state)
+        workers.barrier()  # no rank leaves while another still reduces metrics
+        return finished
+    finally:
+        workers.close()
+
+
+def _fit_as(workers: Distributed, config: DictConfig, run: RunDir | None, state: dict[str, Any] | None) -> Run:
+    console.quiet = not workers.is_main
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
     dataset = datasets.build(config.data, "data")
     model = build_vae(config.model, dataset.shape)
     splits = {split: dataset.load(split) for split in ("train", "valid", "test")}
-    run = RunDir.create(config.output_dir, config.name, config)
+    torch.manual_seed(config.seed + workers.rank)  # each rank its own sampling noise
+    if run is None:
+        path = RunDir.create(config.output_dir, config.name, config).path if workers.is_main else None
+        run = RunDir(workers.broadcast(path))
+    elif workers.is_main:
+        OmegaConf.save(config, run.config_file)  # a resumed run may have been given more epochs
     console.print(config_panel(config, title=f"{config.name} → {run.path}"))
     console.print(parameter_table(model))
-    trainer = Trainer(model, splits, config, run)
+    trainer = Trainer(model, splits, config, run, workers)
+    if state is not None:
+        trainer.load_state_dict(state)
+        console.print(f"resuming {run.path} at step {trainer.step:,} (epoch {trainer.epoch + 1}, "
+                      f"batch {trainer.batch_in_epoch:,})")
     trainer.fit()
+    workers.barrier()  # best.pt is complete before any rank reads it
     best = load_checkpoint(run.best, map_location=trainer.device)
-    model.load_state_dict(best["model"])
-    metrics = _evaluate(model, splits[config.eval.split], config)
-    run.log("test" if config.eval.split == "test" else "eval", step=best["step"], epoch=best["epoch"],
-            split=config.eval.split, **metrics)
-    caption = f"{len(splits[config.eval.split]):,} images; weights of the best validation epoch ({best['epoch']})"
+    model.load_state_dict(evaluation_weights(best))
+    metrics = _evaluate(model, splits[config.eval.split], config, workers)
+    if workers.is_main:
+        run.log("test" if config.eval.split == "test" else "eval", step=best["step"], epoch=best["epoch"],
+                split=config.eval.split, **metrics)
+    averaged = ", Polyak-averaged" if "ema" in best else ""
+    caption = (f"{len(splits[config.eval.split]):,} images; "
+               f"weights of the best validation epoch ({best['epoch']}{averaged})")
     console.print(results_table(metrics, title=f"{config.eval.split} metrics (nats per example)", caption=caption))
     console.print(f"run directory: {run.path}")
     return Run(run, model, metrics)
@@ -78,10 +173,10 @@ def load_run(run_dir: str | Path, overrides: Iterable[str] = ()) -> tuple[DictCo
     model = build_vae(config.model, dataset.shape)
     checkpoint = load_checkpoint(run.best)
     try:
-        model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(evaluation_weights(checkpoint))
     except RuntimeError as error:
-        raise CheckpointError(f"{run.best} does not match the model in {run.config_file}: "
-                              f"{str(error).splitlines()[0]}") from error
+        details = "; ".join(line.strip() for line in str(error).splitlines()[1:3])
+        raise CheckpointError(f"{run.best} does not match the model in {run.config_file}: {details}") from error
     return config, model.to(resolve_device(config.trainer.device)), dataset
 
 
@@ -96,8 +191,8 @@ def evaluate_run(run_dir: str | Path, overrides: Iterable[str] = ()) -> dict[str
     return metrics
 
 
-def _evaluate(model: VAE, images: torch.Tensor, config: DictConfig) -> dict[str, float]:
+def _evaluate(model: VAE, images: torch.Tensor, config: DictConfig,
+              workers: Distributed = Distributed()) -> dict[str, float]:
     settings = config.eval
     with console.status(f"evaluating on {len(images):,} {settings.split} images with K={settings.iw_samples}"):
-        return evaluate(model, images, iw_samples=settings.iw_samples, batch_size=settings.batch_size,
-                        max_batch=settings.max_batch, seed=settings.seed)
+        return evaluate(model, images, workers=workers, **evaluation_settings(settings))

@@ -6,7 +6,10 @@
         config.yaml     the resolved config the run was started with
         metrics.jsonl   one JSON record per line: train, valid, test and eval events
         best.pt         checkpoint with the best validation −ELBO
-        last.pt         checkpoint at the end of the latest epoch
+        last.pt         the latest checkpoint (every ``trainer.checkpoint_every`` steps and
+                        at the end of each epoch): what ``flowzoo resume`` continues from
+        images/         samples-epochNNN.png and reconstructions-epochNNN.png per epoch
+        tensorboard/    the same scalars and images for TensorBoard
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any, Iterator
 from omegaconf import DictConfig, OmegaConf
 
 from flowzoo.errors import CheckpointError
+from flowzoo.images import save_png
 
 
 class RunDir:
@@ -32,6 +36,9 @@ class RunDir:
         self.metrics_file = self.path / "metrics.jsonl"
         self.best = self.path / "best.pt"
         self.last = self.path / "last.pt"
+        self.images = self.path / "images"
+        self.tensorboard_dir = self.path / "tensorboard"
+        self._writer = None
 
     @classmethod
     def create(cls, output_dir: str | Path, name: str, config: DictConfig) -> "RunDir":
@@ -55,10 +62,49 @@ class RunDir:
             raise CheckpointError(f"{run.path} is not a flowzoo run directory (no config.yaml in it)")
         return run
 
+    def open_tensorboard(self, purge_step: int = 0) -> None:
+        """Also write scalars and images as TensorBoard events from now on.
+
+        Events of an earlier attempt at steps ≥ ``purge_step`` (after the checkpoint a
+        resumed run starts from) are hidden by TensorBoard.
+        """
+        from torch.utils.tensorboard import SummaryWriter  # slow import, needed by training only
+
+        self._writer = SummaryWriter(self.tensorboard_dir, purge_step=purge_step or None)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
     def log(self, kind: str, **record: Any) -> None:
-        """Append one record to ``metrics.jsonl``."""
+        """Append one record to ``metrics.jsonl``; its numbers also go to TensorBoard as ``kind/key``."""
         with open(self.metrics_file, "a") as file:
             file.write(json.dumps({"kind": kind, "time": round(time.time(), 3), **record}) + "\n")
+        if self._writer is not None and "step" in record:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("step", "epoch"):
+                    self._writer.add_scalar(f"{kind}/{key}", value, record["step"])
+            self._writer.flush()
+
+    def metrics_size(self) -> int:
+        """Bytes in ``metrics.jsonl`` so far: stored in checkpoints to undo records written after them."""
+        return self.metrics_file.stat().st_size if self.metrics_file.is_file() else 0
+
+    def truncate_metrics(self, size: int) -> None:
+        """Drop the records written after a checkpoint, before a run resumes from it."""
+        if self.metrics_file.is_file():
+            with open(self.metrics_file, "r+b") as file:
+                file.truncate(size)
+
+    def save_image(self, name: str, grid: Any, epoch: int, step: int) -> Path:
+        """Write a ``(channels, H, W)`` uint8 grid as ``images/{name}-epochNNN.png`` (and to TensorBoard)."""
+        self.images.mkdir(exist_ok=True)
+        path = self.images / f"{name}-epoch{epoch:03d}.png"
+        save_png(grid, path)
+        if self._writer is not None:
+            self._writer.add_image(name, grid, step)
+        return path
 
     def records(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
         """The records of ``metrics.jsonl``, optionally only those of one kind."""

@@ -113,8 +113,9 @@ def _plural(noun: str) -> str:
 def check_value(value: Any, annotation: Any, path: str) -> list[Problem]:
     """Check a plain (YAML-loaded) value against an annotation.
 
-    Returns one problem describing what was expected, or none. Integers are accepted
-    where numbers are expected; booleans are not accepted as numbers.
+    Returns one problem describing what was expected (one per bad item of a list),
+    or none. Integers are accepted where numbers are expected; booleans are not
+    accepted as numbers.
 
     Example:
         >>> check_value(-3, PositiveInt, "model.latent_size")
@@ -122,6 +123,9 @@ def check_value(value: Any, annotation: Any, path: str) -> list[Problem]:
     """
     if _matches(value, annotation, path):
         return []
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (list, tuple, collections.abc.Sequence) and args and isinstance(value, (list, tuple)):
+        return [p for i, item in enumerate(value) for p in check_value(item, args[0], f"{path}[{i}]")]
     return [Problem(path, f"expected {describe(annotation)}, got {_show(value)}")]
 
 

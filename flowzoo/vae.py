@@ -108,18 +108,38 @@ class VAE(nn.Module):
             "log_qz": log_q,
         }
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        """Batch-mean losses: ``loss`` (what to minimise), ``neg_elbo``, ``recon`` (−log p(x|z)) and ``kl``."""
+    def forward(self, x: Tensor, kl_weight: float | Tensor = 1.0, free_bits: float = 0.0) -> dict[str, Tensor]:
+        r"""Batch-mean losses: ``loss`` (what to minimise), ``neg_elbo``, ``recon`` (−log p(x|z)) and ``kl``.
+
+        ``loss`` is ``recon + kl_weight · max(kl, free_bits)``: the −ELBO itself with
+        the defaults; a KL weight below 1 during warm-up; and "free bits" (Kingma et
+        al. 2016), which stop pushing the KL, averaged over the batch, below
+        ``free_bits`` nats so that the posterior is not driven onto the prior early on.
+        The latent vector is one group here, so the floor applies to its whole KL.
+        """
         terms = self.log_weights(x)
         recon = -terms["log_px_given_z"].mean()
         kl = (terms["log_qz"] - terms["log_pz"]).mean()
         neg_elbo = recon + kl
-        return {"loss": neg_elbo, "neg_elbo": neg_elbo, "recon": recon, "kl": kl}
+        loss = recon + kl_weight * kl.clamp(min=free_bits) if free_bits else recon + kl_weight * kl
+        return {"loss": loss, "neg_elbo": neg_elbo, "recon": recon, "kl": kl}
 
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:
         """``n`` images: the likelihood's mean for ``z`` drawn from the prior."""
         return self.likelihood.mean(self.decoder(self.prior.sample(n)))
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """The likelihood's mean for one posterior sample ``z_T`` per image."""
+        z, _ = self.posterior_sample(x)
+        return self.likelihood.mean(self.decoder(z[0]))
+
+    @torch.no_grad()
+    def pictures(self, x: Tensor) -> dict[str, Tensor]:
+        """Images in [0, 1] for the trainer's per-epoch grids: ``samples`` from the
+        prior, and ``reconstructions``, each image of ``x`` beside its reconstruction."""
+        return {"samples": self.sample(len(x)), "reconstructions": torch.cat([x, self.reconstruct(x)], dim=-1)}
 
     def components(self) -> dict[str, nn.Module]:
         """The named parts of the model, for parameter summaries."""
@@ -152,8 +172,9 @@ def check_flows(flows_config: Any, path: str) -> list[Problem]:
             if key in entry:
                 problems += check_value(entry[key], annotation, f"{entry_path}.{key}")
         problems += flows.check({k: v for k, v in entry.items() if k not in _FLOW_KEYS}, entry_path)
-        if isinstance(entry.get("between"), str):
-            problems += flows.check({"name": entry["between"]}, f"{entry_path}.between")
+        if isinstance(entry.get("between"), str):  # a bare name: its problems belong to `between`, not `between.name`
+            between = flows.check({"name": entry["between"]}, f"{entry_path}.between")
+            problems += [Problem(p.path.removesuffix(".name"), p.message) for p in between]
     return problems
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
+collect_ignore = ["fixtures"]  # modules imported by the configs of subprocess runs, not tests
 
 
 @pytest.fixture(scope="session")

@@ -39,3 +39,14 @@ def test_docs_python_examples_run(document, tmp_path):
     """Each page's blocks run in order in one script, as a reader would paste them."""
     result = run_blocks(python_blocks(document), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_training_page_documents_every_trainer_key():
+    import dataclasses
+
+    from flowzoo.trainer import TrainerConfig
+
+    table = (REPO / "docs" / "training.md").read_text().split("## What you see")[0]
+    documented = set(re.findall(r"^\| `([a-z_]+)`(?:, `([a-z_]+)`)?", table, flags=re.M))
+    documented = {key for row in documented for key in row if key}
+    assert documented == {field.name for field in dataclasses.fields(TrainerConfig)}

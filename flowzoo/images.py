@@ -1,0 +1,47 @@
+"""Image grids written as PNG files."""
+
+from __future__ import annotations
+
+__all__ = ["image_grid", "save_png"]
+
+import math
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+
+def image_grid(images: Tensor, columns: int | None = None, padding: int = 2) -> Tensor:
+    """Tile ``(n, channels, height, width)`` images with values in [0, 1] into one image.
+
+    Args:
+        images: one or three channels.
+        columns: images per row; about the square root of ``n`` by default.
+        padding: pixels of white between images and around the border.
+
+    Returns:
+        A ``(channels, H, W)`` uint8 tensor.
+
+    Example:
+        >>> image_grid(torch.zeros(6, 1, 4, 4), columns=3, padding=1).shape
+        torch.Size([1, 11, 16])
+    """
+    n, channels, height, width = images.shape
+    columns = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    grid = torch.full(
+        (channels, rows * (height + padding) + padding, columns * (width + padding) + padding), 255, dtype=torch.uint8
+    )
+    pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    for i, image in enumerate(pixels):
+        top = padding + (i // columns) * (height + padding)
+        left = padding + (i % columns) * (width + padding)
+        grid[:, top : top + height, left : left + width] = image
+    return grid
+
+
+def save_png(grid: Tensor, path: Path) -> None:
+    """Write a ``(channels, H, W)`` uint8 image (1 or 3 channels) as a PNG file."""
+    array = grid.permute(1, 2, 0).numpy()
+    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)

@@ -1,0 +1,46 @@
+"""The trainer's GPU paths: mixed precision, torch.compile, device-resident and pinned data.
+
+Skipped without CUDA (CI has none); run on a lent GPU with ``pytest tests/test_gpu.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from flowzoo.experiment import train
+
+from conftest import FIXTURES
+from test_trainer import TINY
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def tiny_on_gpu(tmp_path, **trainer) -> dict:
+    config = {**TINY, "output_dir": str(tmp_path / "runs"),
+              "trainer": {**TINY["trainer"], "device": "cuda", "epochs": 2, "checkpoint_every": 0, **trainer}}
+    config["data"] = {**TINY["data"], "root": None}  # the packaged copy: a lent GPU has no shared data folder
+    return config
+
+
+@pytest.fixture(autouse=True)
+def fixtures_importable(monkeypatch):
+    monkeypatch.syspath_prepend(str(FIXTURES))
+
+
+@pytest.mark.parametrize("precision, compiled", [("fp32", False), ("bf16", False), ("fp16", False), ("bf16", True)])
+def test_precisions_and_compile_train_on_the_gpu(tmp_path, precision, compiled):
+    run = train(tiny_on_gpu(tmp_path, precision=precision, compile=compiled))
+    train_records = list(run.dir.records("train"))
+    assert all(math.isfinite(r["loss"]) for r in train_records)
+    assert train_records[-1]["loss"] < train_records[0]["loss"] - 20
+    assert run.metrics["neg_elbo"] < 230
+    assert next(run.model.parameters()).dtype == torch.float32  # autocast leaves the weights in fp32
+
+
+def test_pinned_host_data_trains_like_device_resident_data(tmp_path):
+    resident = train(tiny_on_gpu(tmp_path / "a", data_on_device="always"))
+    pinned = train(tiny_on_gpu(tmp_path / "b", data_on_device="never"))
+    assert pinned.metrics["neg_elbo"] == pytest.approx(resident.metrics["neg_elbo"], rel=0.02)
