@@ -135,7 +135,7 @@ def _fit_as(workers: Distributed, config: DictConfig, run: RunDir | None, state:
         OmegaConf.save(config, run.config_file)  # a resumed run may have been given more epochs
     console.print(config_panel(config, title=f"{config.name} → {run.path}"))
     console.print(parameter_table(model))
-    trainer = Trainer(model, splits, config, run, workers)
+    trainer = Trainer(model, splits, config, run, workers, train_transform=getattr(dataset, "train_transform", None))
     if state is not None:
         trainer.load_state_dict(state)
         console.print(f"resuming {run.path} at step {trainer.step:,} (epoch {trainer.epoch + 1}, "

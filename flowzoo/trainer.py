@@ -19,7 +19,7 @@ import math
 import re
 import time
 import warnings
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -116,6 +116,8 @@ class Trainer:
             are used; all of it is stored in checkpoints).
         run: where metrics, pictures and checkpoints go (written by rank 0 only).
         workers: this process's place under ``torchrun``; one process by default.
+        train_transform: maps each training batch (on the device) to the model's input,
+            e.g. a fresh binarization of grayscale images; ``x.float()`` by default.
     """
 
     def __init__(
@@ -125,8 +127,10 @@ class Trainer:
         config: DictConfig,
         run: RunDir,
         workers: Distributed = Distributed(),
+        train_transform: Callable[[Tensor], Tensor] | None = None,
     ):
         self.settings = settings = config.trainer
+        self.train_transform = train_transform or Tensor.float
         self.config = config
         self.run = run
         self.workers = workers
@@ -249,7 +253,7 @@ class Trainer:
             self.kl_weight.fill_(weight)
             self.kl_weight_value = weight
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            losses = self.network(x.float(), kl_weight=self.kl_weight, free_bits=settings.free_bits)
+            losses = self.network(self.train_transform(x), kl_weight=self.kl_weight, free_bits=settings.free_bits)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
         self.scaler.unscale_(self.optimizer)

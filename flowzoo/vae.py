@@ -41,7 +41,8 @@ class VAE(nn.Module):
         encoder: backbone mapping ``x`` to features; must expose ``out_features``.
         posterior: base posterior built on the features; must expose ``latent_size``.
         decoder: maps ``z`` to the likelihood's parameters.
-        likelihood: ``log_prob(x, params)`` and ``mean(params)``.
+        likelihood: ``log_prob(x, params)``, ``mean(params)`` (images in [0, 1]) and
+            ``unit(x)`` (the data as images in [0, 1]: what the encoder sees).
         flows: transforms applied to ``z0`` in order.
         prior: ``log_prob(z)`` and ``sample(n)``; standard normal by default.
         context_size: size of the context ``h`` (a linear map of the features) given
@@ -88,7 +89,7 @@ class VAE(nn.Module):
 
     def posterior_sample(self, x: Tensor, n_samples: int = 1) -> tuple[Tensor, Tensor]:
         """Posterior samples ``z_T``, ``(n_samples, batch, latent)``, and ``log q(z_T|x)``, ``(n_samples, batch)``."""
-        features = self.encoder(x)
+        features = self.encoder(self.likelihood.unit(x))
         z0, log_q0 = self.posterior(features, n_samples)
         n, batch, latent = z0.shape
         context = None
@@ -139,7 +140,8 @@ class VAE(nn.Module):
     def pictures(self, x: Tensor) -> dict[str, Tensor]:
         """Images in [0, 1] for the trainer's per-epoch grids: ``samples`` from the
         prior, and ``reconstructions``, each image of ``x`` beside its reconstruction."""
-        return {"samples": self.sample(len(x)), "reconstructions": torch.cat([x, self.reconstruct(x)], dim=-1)}
+        originals = self.likelihood.unit(x)
+        return {"samples": self.sample(len(x)), "reconstructions": torch.cat([originals, self.reconstruct(x)], dim=-1)}
 
     def components(self) -> dict[str, nn.Module]:
         """The named parts of the model, for parameter summaries."""

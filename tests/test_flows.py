@@ -44,6 +44,19 @@ def test_flow_trains_inside_a_vae(name):
     assert all(t.shape == (3, 8) and torch.isfinite(t).all() for t in terms.values())
 
 
+@pytest.mark.parametrize("name", list_flows())
+def test_flow_runs_under_bf16_autocast(name):
+    """``trainer.precision: bf16`` autocasts every flow (tests/test_gpu.py repeats this on CUDA,
+    whose autocast leaves more operations, a QR among them, in bf16)."""
+    torch.manual_seed(0)
+    flow = flows.build({"name": name}, "flow", features=FEATURES, context_features=CONTEXT)
+    z0 = torch.randn(BATCH, FEATURES, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z, logabsdet = flow(z0, context=torch.randn(BATCH, CONTEXT))
+    (z.float().square().sum() - logabsdet.float().sum()).backward()
+    assert torch.isfinite(z).all() and torch.isfinite(logabsdet).all() and torch.isfinite(z0.grad).all()
+
+
 def small(flow_class, seed: int = 0, **kwargs) -> torch.nn.Module:
     """A float64 flow pushed away from its initialisation."""
     torch.manual_seed(seed)

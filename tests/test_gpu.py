@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from flowzoo.experiment import train
+from flowzoo.registry import flows, list_flows
 
 from conftest import FIXTURES
 from test_trainer import TINY
@@ -44,3 +45,15 @@ def test_pinned_host_data_trains_like_device_resident_data(tmp_path):
     resident = train(tiny_on_gpu(tmp_path / "a", data_on_device="always"))
     pinned = train(tiny_on_gpu(tmp_path / "b", data_on_device="never"))
     assert pinned.metrics["neg_elbo"] == pytest.approx(resident.metrics["neg_elbo"], rel=0.02)
+
+
+@pytest.mark.parametrize("name", list_flows())
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_every_flow_runs_under_cuda_autocast(name, dtype):
+    torch.manual_seed(0)
+    flow = flows.build({"name": name}, "flow", features=5, context_features=3).cuda()
+    z0 = torch.randn(4, 5, device="cuda", requires_grad=True)
+    with torch.autocast("cuda", dtype=dtype):
+        z, logabsdet = flow(z0, context=torch.randn(4, 3, device="cuda"))
+    (z.float().square().sum() - logabsdet.float().sum()).backward()
+    assert torch.isfinite(z).all() and torch.isfinite(logabsdet).all() and torch.isfinite(z0.grad).all()

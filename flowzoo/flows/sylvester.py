@@ -103,7 +103,9 @@ class OrthogonalSylvester(Sylvester):
         super().__init__(features, context_features, num_ortho_vecs, q=(features, num_ortho_vecs))
 
     def orthonormal(self, params: dict[str, Tensor]) -> Tensor:
-        return torch.linalg.qr(params["q"]).Q
+        q = params["q"]
+        with torch.autocast(q.device.type, enabled=False):  # no half-precision QR kernels on CUDA
+            return torch.linalg.qr(q.to(torch.promote_types(q.dtype, torch.float32))).Q
 
 
 @register_flow("sylvester_householder")
