@@ -342,12 +342,12 @@ class Trainer:
                 f"(recon {valid['recon']:.2f}, KL {valid['kl']:.2f}){mark}"
             )
 
-    def evaluation_weights(self):
+    def evaluated_weights(self):
         """Context in which the model holds the weights used for evaluation (the EMA, if on)."""
         return self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext()
 
     def _validate(self) -> dict[str, float]:
-        with self.evaluation_weights():
+        with self.evaluated_weights():
             metrics = evaluate(self.model, self.valid_images, workers=self.workers,
                                **evaluation_settings(self.config.eval, iw_samples=1))
         if self.workers.is_main:
@@ -359,7 +359,7 @@ class Trainer:
         if not (count and self.workers.is_main and hasattr(self.model, "pictures")):
             return
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), self.evaluation_weights():
+        with torch.random.fork_rng(devices=devices), self.evaluated_weights():
             torch.manual_seed(self.config.eval.seed)  # the same noise every epoch; training's stream untouched
             pictures = self.model.pictures(self.valid_images[:count].to(self.device).float())
         for name, images in pictures.items():
