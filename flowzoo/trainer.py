@@ -141,8 +141,8 @@ class Trainer:
         self.optimizer = _OPTIMIZERS[settings.optimizer](
             model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
         )
-        self.batches_per_epoch = len(self._global_batches(torch.arange(len(self.train_images))))
-        self.total_steps = settings.epochs * self.batches_per_epoch
+        batches_per_epoch = len(self._global_batches(torch.arange(len(self.train_images))))  # one rule for both
+        self.total_steps = settings.epochs * batches_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda step: lr_factor(step, self.total_steps, settings.lr_schedule,
