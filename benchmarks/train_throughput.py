@@ -43,7 +43,7 @@ from flowzoo.console import console as flowzoo_console
 from flowzoo.registry import datasets
 from flowzoo.runs import RunDir
 from flowzoo.trainer import Trainer
-from flowzoo.vae import build_vae
+from flowzoo.vae import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,7 +131,7 @@ class Bench:
 
     def fresh_model(self) -> torch.nn.Module:
         torch.manual_seed(0)
-        return build_vae(self.base.model, self.dataset.shape).to(self.device)
+        return build_model(self.base.model, self.dataset.shape).to(self.device)
 
     def round(self, name: str) -> Callable[[], None]:
         """One round of the plain loop (``plain``) or of the trainer with settings ``name``."""

@@ -1,4 +1,4 @@
-"""The ``flowzoo`` command: train, resume, eval, list, check-flow."""
+"""The ``flowzoo`` command: train, resume, eval, sample, report, list, check-flow, toy."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from flowzoo import toy
 from flowzoo.console import console
 from flowzoo.errors import ConfigError, FlowzooError, Problem, TrainingError
-from flowzoo.experiment import evaluate_run, resume, train
+from flowzoo.experiment import evaluate_run, resume, sample_run, train
 from flowzoo.flowcheck import check_flow
 from flowzoo.plugins import import_modules
 from flowzoo.registry import REGISTRIES, get_registry
+from flowzoo.report import report_runs
 
 FAILED = 1
 USER_ERROR = 2
@@ -39,6 +41,31 @@ def main(argv: list[str] | None = None) -> int:
     evaluation = commands.add_parser("eval", help="evaluate a saved run's best checkpoint")
     evaluation.add_argument("run_dir")
     evaluation.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. eval.iw_samples=5000")
+    sampling = commands.add_parser("sample", help="write sample, reconstruction and interpolation grids of a run")
+    sampling.add_argument("run_dir")
+    sampling.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. trainer.device=cpu")
+    sampling.add_argument("--count", type=int, default=64, help="samples and reconstructions (default 64)")
+    sampling.add_argument("--pairs", type=int, default=8, help="interpolations, one per row (default 8)")
+    sampling.add_argument("--steps", type=int, default=10, help="images along each interpolation (default 10)")
+    sampling.add_argument("--seed", type=int, default=0)
+    sampling.add_argument("--output", metavar="DIR", help="where the PNG files go (default RUN_DIR/samples)")
+    reporting = commands.add_parser("report", help="compare runs in one table; also writes report.md and report.csv")
+    reporting.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    reporting.add_argument("--output", default=".", metavar="DIR", help="where report.md and report.csv go (default .)")
+    reporting.add_argument("--sort", metavar="COLUMN", help="order rows by a report.csv column, best first, "
+                           "e.g. test_nll_iw")
+    fitting = commands.add_parser("toy", help="fit flows to 2-D test densities (Rezende & Mohamed 2015) and draw them")
+    fitting.add_argument("--targets", nargs="+", default=list(toy.TARGETS), metavar="NAME",
+                         help=f"any of {', '.join(toy.TARGETS)} (default all)")
+    fitting.add_argument("--flows", nargs="+", default=list(toy.DEFAULT_FLOWS), metavar="NAME",
+                         help=f"registered flows, or {toy.BASELINE} for none (default {' '.join(toy.DEFAULT_FLOWS)})")
+    fitting.add_argument("--steps", type=int, default=toy.STEPS, help=f"Adam steps per fit (default {toy.STEPS})")
+    fitting.add_argument("--flow-steps", type=int, default=toy.FLOW_STEPS,
+                         help=f"K, steps of each flow (default {toy.FLOW_STEPS})")
+    fitting.add_argument("--batch-size", type=int, default=toy.BATCH_SIZE,
+                         help=f"samples from q per Adam step (default {toy.BATCH_SIZE})")
+    fitting.add_argument("--seed", type=int, default=0)
+    fitting.add_argument("--output", default="runs/toy", metavar="DIR", help="where toy.png and toy.md go")
     listing = commands.add_parser("list", help="list registered components and where they come from")
     listing.add_argument("kind", nargs="?", help=f"one of {', '.join(REGISTRIES)}")
     listing.add_argument("pattern", nargs="?", default="*", help="shell-style name pattern, e.g. 'iaf*'")
@@ -61,6 +88,14 @@ def main(argv: list[str] | None = None) -> int:
             resume(args.run_dir, args.overrides)
         elif args.command == "eval":
             evaluate_run(args.run_dir, args.overrides)
+        elif args.command == "sample":
+            sample_run(args.run_dir, args.overrides, count=args.count, pairs=args.pairs, steps=args.steps,
+                       seed=args.seed, output=args.output)
+        elif args.command == "report":
+            report_runs(args.run_dirs, args.output, args.sort)
+        elif args.command == "toy":
+            toy.run_toy(args.targets, args.flows, steps=args.steps, flow_steps=args.flow_steps,
+                        batch_size=args.batch_size, seed=args.seed, output=args.output)
         else:
             problems = import_modules(args.modules, path="--import")
             if problems:

@@ -20,7 +20,7 @@ __all__ = ["ExperimentConfig", "load_config"]
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Annotated, Any, Iterable, Mapping
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -29,10 +29,9 @@ from omegaconf.errors import OmegaConfBaseException
 from flowzoo.errors import ConfigError, Problem, did_you_mean
 from flowzoo.evaluation import EvalConfig
 from flowzoo.plugins import import_modules
-from flowzoo.registry import datasets
-from flowzoo.schema import check_value, component, section_problems, with_defaults
+from flowzoo.registry import datasets, models
+from flowzoo.schema import Checked, check_value, section_problems, with_defaults
 from flowzoo.trainer import TrainerConfig
-from flowzoo.vae import ModelConfig
 
 
 def _check_name(value: Any, path: str) -> list[Problem]:
@@ -47,15 +46,18 @@ def _check_name(value: Any, path: str) -> list[Problem]:
 class ExperimentConfig:
     """The whole experiment: what data, which model, how to train and evaluate it."""
 
-    name: str = dataclasses.field(default="experiment", metadata={"check": _check_name})
+    name: Annotated[str, Checked(_check_name, "a name for the run directory")] = "experiment"
     """Names the run directory ``<output_dir>/<name>-<timestamp>``."""
     plugins: list[str] = dataclasses.field(default_factory=list)
     """Local modules to import first; they register components named in this config."""
     seed: int = 0
     """Seeds model initialisation, posterior sampling and data order."""
     output_dir: str = "runs"
-    data: dict = component(datasets, "binarized_mnist", doc="a data set spec")
-    model: ModelConfig
+    """Where run directories are created."""
+    data: datasets.spec = dataclasses.field(default_factory=lambda: {"name": "binarized_mnist"})
+    """The data set (``flowzoo list datasets``)."""
+    model: models.spec
+    """The model (``flowzoo list models``); without ``name``, the flat ``vae``."""
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
@@ -90,16 +92,26 @@ def load_config(source: str | Path | Mapping[str, Any], overrides: Iterable[str]
     label = str(source) if isinstance(source, (str, Path)) else None
     raw = _read(source, label)
     problems = _apply_overrides(raw, overrides)
+    # Plugins first: the components they register are completed and checked like the rest.
+    problems += import_modules(_plugin_modules(raw))
     completed = OmegaConf.create(with_defaults(ExperimentConfig, OmegaConf.to_container(raw, resolve=False)))
     problems += _interpolation_problems(completed, "", _all_keys(completed))
     if problems:
         raise ConfigError(problems, label)
     plain = OmegaConf.to_container(completed, resolve=True)
-    problems = import_modules(plain["plugins"]) if isinstance(plain.get("plugins"), list) else []
-    problems += section_problems(ExperimentConfig, plain, "")
+    problems = section_problems(ExperimentConfig, plain, "")
     if problems:
         raise ConfigError(problems, label)
     return OmegaConf.create(plain)
+
+
+def _plugin_modules(raw: DictConfig) -> list[str]:
+    """The ``plugins`` list, if it is one of names (otherwise validation reports it)."""
+    try:
+        modules = OmegaConf.to_container(raw, resolve=True).get("plugins", [])
+    except OmegaConfBaseException:  # an interpolation problem, reported with the others
+        return []
+    return modules if isinstance(modules, list) and all(isinstance(m, str) for m in modules) else []
 
 
 BASE_KEY = "base"

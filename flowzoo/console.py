@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["console", "config_panel", "parameter_table", "results_table", "training_progress", "METRIC_LABELS"]
+__all__ = [
+    "console",
+    "config_panel",
+    "parameter_table",
+    "results_table",
+    "training_progress",
+    "METRIC_LABELS",
+    "BITS_PER_DIM",
+]
 
 from typing import Any, Mapping
 
@@ -26,6 +34,8 @@ METRIC_LABELS = {
     "kl": "KL term, log q(z|x) − log p(z)",
     "nll_iw": "IWAE −log p(x)",
 }
+BITS_PER_DIM = {"neg_elbo": "bpd_elbo", "nll_iw": "bpd_iw"}
+"""The metric in bits/dim that goes with each bound, for 8-bit images."""
 
 
 def config_panel(config: DictConfig, title: str) -> Panel:
@@ -51,14 +61,24 @@ def parameter_table(model: nn.Module) -> Table:
 
 
 def results_table(metrics: Mapping[str, Any], title: str, caption: str = "") -> Table:
-    """Evaluation metrics in nats per example, saying which K the IWAE bound used."""
+    """Evaluation metrics in nats per example (and bits/dim for 8-bit images), saying
+    which K the IWAE bound used, with the KL term of each stochastic layer if several."""
     table = Table(title=title, title_justify="left", caption=caption or None, caption_justify="left")
     table.add_column("metric")
     table.add_column("nats", justify="right")
+    bits = "bpd_elbo" in metrics
+    if bits:
+        table.add_column("bits/dim", justify="right")
     for key, label in METRIC_LABELS.items():
         if key == "nll_iw":
             label += f" (K={metrics['iw_samples']})"
-        table.add_row(label, f"{metrics[key]:.2f}")
+        row = [label, f"{metrics[key]:.2f}"]
+        if bits:
+            row.append(f"{metrics[BITS_PER_DIM[key]]:.3f}" if key in BITS_PER_DIM else "")
+        table.add_row(*row)
+        if key == "kl":
+            for layer, value in metrics.get("kl_per_layer", {}).items():
+                table.add_row(f"  {layer}", f"{value:.2f}", *[""] * bits, style="dim")
     return table
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from flowzoo.distributed import Distributed
+from flowzoo.likelihoods import bits_per_dim
 from flowzoo.schema import PositiveInt
 
 
@@ -57,7 +58,11 @@ def evaluate(
     - ``neg_elbo`` = :math:`-\frac1K\sum_k \log w_k` (the −ELBO, averaged over the K samples),
       and its terms ``recon`` = :math:`-\frac1K\sum_k \log p(x|z_k)` and ``kl`` = ``neg_elbo − recon``;
     - ``nll_iw`` = :math:`-\log \frac1K \sum_k w_k`, the importance-weighted bound on
-      :math:`-\log p(x)` (Burda et al. 2016), which is ≤ ``neg_elbo`` and tightens as K grows.
+      :math:`-\log p(x)` (Burda et al. 2016), which is ≤ ``neg_elbo`` and tightens as K grows;
+    - for 8-bit images (a likelihood with ``reports_bits_per_dim``), ``bpd_elbo`` and
+      ``bpd_iw``: the two bounds in bits per dimension;
+    - for a model with several stochastic layers, ``kl_per_layer``: each layer's KL
+      term, ``{layer name: nats}``, which shows the layers in use and the collapsed ones.
 
     Samples are drawn in chunks of at most ``max_batch`` (example, sample) pairs with
     a running log-sum-exp, so any K fits in memory. The evaluation draws from its own
@@ -68,20 +73,22 @@ def evaluate(
         Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
 
     Example:
-        >>> from flowzoo.vae import build_vae
-        >>> model = build_vae({"latent_size": 2, "encoder": {"name": "mlp", "hidden_sizes": [8]},
+        >>> from flowzoo.vae import build_model
+        >>> model = build_model({"latent_size": 2, "encoder": {"name": "mlp", "hidden_sizes": [8]},
         ...                    "decoder": {"name": "mlp", "hidden_sizes": [8]}}, data_shape=(1, 4, 4))
         >>> metrics = evaluate(model, torch.randint(0, 2, (10, 1, 4, 4)), iw_samples=20)
         >>> metrics["nll_iw"] <= metrics["neg_elbo"], metrics["iw_samples"]
         (True, 20)
     """
     device = next(model.parameters()).device
-    n = len(images)
+    n, dims = len(images), images[0].numel()
     images = workers.shard(images)
     was_training = model.training
     model.eval()
     chunk = max(1, min(iw_samples, max_batch // batch_size))
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # Σ log w, Σ log p(x|z), Σ log-IW; no per-batch sync
+    layer_names = getattr(model, "layer_names", ("z",))
+    # Σ log w, Σ log p(x|z), Σ log-IW, Σ KL per layer: summed on the device, no per-batch sync
+    totals = torch.zeros(3 + len(layer_names), dtype=torch.float64, device=device)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -94,12 +101,13 @@ def evaluate(
                 running = torch.logaddexp(running, torch.logsumexp(log_w, dim=0))
                 totals[0] += log_w.sum()
                 totals[1] += terms["log_px_given_z"].double().sum()
+                totals[3:] += terms["kl_groups"].double().sum((0, 1, 3))
             totals[2] += (running - math.log(iw_samples)).sum()
     model.train(was_training)
-    log_w, log_px_given_z, log_iw = workers.sum(totals).tolist()
+    log_w, log_px_given_z, log_iw, *layer_kl = workers.sum(totals).tolist()
     neg_elbo = -log_w / (n * iw_samples)
     recon = -log_px_given_z / (n * iw_samples)
-    return {
+    metrics = {
         "neg_elbo": neg_elbo,
         "recon": recon,
         "kl": neg_elbo - recon,
@@ -107,3 +115,9 @@ def evaluate(
         "iw_samples": iw_samples,
         "examples": n,
     }
+    if getattr(model.likelihood, "reports_bits_per_dim", False):
+        metrics["bpd_elbo"] = bits_per_dim(neg_elbo, dims)
+        metrics["bpd_iw"] = bits_per_dim(metrics["nll_iw"], dims)
+    if len(layer_names) > 1:
+        metrics["kl_per_layer"] = {name: total / (n * iw_samples) for name, total in zip(layer_names, layer_kl)}
+    return metrics

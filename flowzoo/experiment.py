@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["Run", "train", "resume", "evaluate_run", "load_run", "RESUMABLE_KEYS"]
+__all__ = ["Run", "train", "resume", "evaluate_run", "load_run", "sample_run", "RESUMABLE_KEYS"]
 
 import dataclasses
 from pathlib import Path
@@ -20,7 +20,8 @@ from flowzoo.evaluation import evaluate, evaluation_settings
 from flowzoo.registry import datasets
 from flowzoo.runs import RunDir
 from flowzoo.trainer import Trainer, resolve_device
-from flowzoo.vae import VAE, build_vae
+from flowzoo.images import image_grid, save_png
+from flowzoo.vae import VariationalModel, build_model
 
 RESUMABLE_KEYS = (
     "trainer.epochs",
@@ -41,7 +42,7 @@ class Run:
     """A finished run: its directory, its model (best validation weights) and its final metrics."""
 
     dir: RunDir
-    model: VAE
+    model: VariationalModel
     metrics: dict[str, float]
 
 
@@ -125,7 +126,7 @@ def _fit_as(workers: Distributed, config: DictConfig, run: RunDir | None, state:
     console.quiet = not workers.is_main
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     dataset = datasets.build(config.data, "data")
-    model = build_vae(config.model, dataset.shape)
+    model = build_model(config.model, dataset.shape)
     splits = {split: dataset.load(split) for split in ("train", "valid", "test")}
     torch.manual_seed(config.seed + workers.rank)  # each rank its own sampling noise
     if run is None:
@@ -156,7 +157,7 @@ def _fit_as(workers: Distributed, config: DictConfig, run: RunDir | None, state:
     return Run(run, model, metrics)
 
 
-def load_run(run_dir: str | Path, overrides: Iterable[str] = ()) -> tuple[DictConfig, VAE, Any]:
+def load_run(run_dir: str | Path, overrides: Iterable[str] = ()) -> tuple[DictConfig, VariationalModel, Any]:
     """The config, model (best weights, on the configured device) and data set of a saved run.
 
     Only the ``eval`` section and ``trainer.device`` may be overridden: the rest
@@ -170,7 +171,7 @@ def load_run(run_dir: str | Path, overrides: Iterable[str] = ()) -> tuple[DictCo
                                    "when loading a saved run") for item in fixed])
     config = load_config(run.config_file, overrides)
     dataset = datasets.build(config.data, "data")
-    model = build_vae(config.model, dataset.shape)
+    model = build_model(config.model, dataset.shape)
     checkpoint = load_checkpoint(run.best)
     try:
         model.load_state_dict(evaluation_weights(checkpoint))
@@ -191,7 +192,42 @@ def evaluate_run(run_dir: str | Path, overrides: Iterable[str] = ()) -> dict[str
     return metrics
 
 
-def _evaluate(model: VAE, images: torch.Tensor, config: DictConfig,
+def sample_run(run_dir: str | Path, overrides: Iterable[str] = (), *, count: int = 64, pairs: int = 8,
+               steps: int = 10, seed: int = 0, output: str | Path | None = None) -> dict[str, Path]:
+    """Picture a saved run's best weights (``flowzoo sample RUN_DIR``): PNG grids of
+    ``count`` samples from the prior, of ``count`` images of the evaluation split each
+    beside its reconstruction, and of ``pairs`` latent interpolations in ``steps``
+    steps between two such images (one row each, reconstructions at both ends).
+
+    Returns:
+        The path of each picture, under ``output`` (default ``RUN_DIR/samples``).
+    """
+    if min(count, pairs) < 1 or steps < 2:
+        raise ConfigError([Problem("sample", f"count and pairs must be at least 1 and steps at least 2, "
+                                   f"got count={count}, pairs={pairs}, steps={steps}")])
+    config, model, dataset = load_run(run_dir, overrides)
+    device = next(model.parameters()).device
+    images = dataset.load(config.eval.split)[: max(count, 2 * pairs)].to(device).float()
+    if len(images) < 2 * pairs:
+        raise ConfigError([Problem("sample", f"{2 * pairs} images needed for {pairs} interpolations, but the "
+                                   f"{config.eval.split} split has {len(images)}")])
+    folder = Path(output) if output is not None else Path(run_dir) / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        grids = {name: image_grid(pictures) for name, pictures in model.pictures(images[:count]).items()}
+        path = model.interpolate(images[:pairs], images[pairs : 2 * pairs], steps)
+        grids["interpolations"] = image_grid(path.flatten(0, 1), columns=steps)
+    written = {}
+    for name, grid in grids.items():
+        written[name] = folder / f"{name}.png"
+        save_png(grid, written[name])
+        console.print(f"{name}: {written[name]}")
+    return written
+
+
+def _evaluate(model: VariationalModel, images: torch.Tensor, config: DictConfig,
               workers: Distributed = Distributed()) -> dict[str, float]:
     settings = config.eval
     with console.status(f"evaluating on {len(images):,} {settings.split} images with K={settings.iw_samples}"):

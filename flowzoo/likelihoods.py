@@ -52,6 +52,9 @@ class Bernoulli(nn.Module):
 class _EightBit(nn.Module):
     """Likelihoods over the 256 values of 8-bit images, given as floats 0..255."""
 
+    reports_bits_per_dim = True
+    """Bounds on −log p(x) are also reported in bits per dimension, the unit of the image-modelling literature."""
+
     def unit(self, x: Tensor) -> Tensor:
         """Data as images in [0, 1], for the encoder (whose inputs stay O(1)) and for pictures."""
         return x / 255
@@ -72,7 +75,7 @@ _HALF_RANGE = 127.5  # [-1, 1] scale → 0..255 scale
 _MEAN_CHUNK = 16  # bin edges per step when summing P(K ≥ j) in mean()
 
 
-def bits_per_dim(nats: float, dims: int) -> float:
+def bits_per_dim(nats: float | Tensor, dims: int) -> float | Tensor:
     r"""Convert a negative log-likelihood in nats per example to bits per dimension.
 
     The convention of the image-modelling literature (PixelRNN/PixelCNN++, IAF VAEs,
@@ -86,7 +89,8 @@ def bits_per_dim(nats: float, dims: int) -> float:
     every value scores exactly 8 bits/dim.
 
     Args:
-        nats: negative log-likelihood (or negative ELBO) of one example, in nats.
+        nats: negative log-likelihood (or negative ELBO) of one example, in nats
+            (a number, or a tensor of them).
         dims: number of dimensions of one example (channels × height × width).
 
     Raises:
@@ -105,7 +109,7 @@ def bits_per_dim(nats: float, dims: int) -> float:
     """
     if dims <= 0:
         raise ValueError(f"dims must be a positive number of dimensions, got {dims}")
-    return float(nats) / (dims * math.log(2))
+    return nats / (dims * math.log(2))
 
 
 def _as_float(params: Tensor) -> Tensor:

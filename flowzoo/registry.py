@@ -35,6 +35,8 @@ __all__ = [
     "flows",
     "likelihoods",
     "datasets",
+    "blocks",
+    "models",
     "register_encoder",
     "register_decoder",
     "register_posterior",
@@ -42,6 +44,8 @@ __all__ = [
     "register_flow",
     "register_likelihood",
     "register_dataset",
+    "register_block",
+    "register_model",
     "list_encoders",
     "list_decoders",
     "list_posteriors",
@@ -49,6 +53,8 @@ __all__ = [
     "list_flows",
     "list_likelihoods",
     "list_datasets",
+    "list_blocks",
+    "list_models",
 ]
 
 import fnmatch
@@ -62,7 +68,7 @@ from torch import nn
 
 from flowzoo.errors import ConfigError, FlowzooError, Problem, did_you_mean
 from flowzoo.plugins import load_entry_points, origin_of
-from flowzoo.schema import check_value, describe, to_plain
+from flowzoo.schema import Checked, check_value, checked_by, describe, to_plain
 
 
 class RegistryError(FlowzooError):
@@ -114,12 +120,20 @@ class Registry:
     Args:
         kind: singular noun used in messages ("flow").
         injected: parameter names the model supplies; specs may not set them.
+        default: the name a spec without ``name`` stands for, if any.
     """
 
-    def __init__(self, kind: str, injected: tuple[str, ...] = ()):
+    def __init__(self, kind: str, injected: tuple[str, ...] = (), default: str | None = None):
         self.kind = kind
         self.injected = injected
+        self.default = default
         self._entries: dict[str, Entry] = {}
+
+    @property
+    def spec(self) -> Any:
+        """The annotation of a config value that is a spec of this kind, checked and completed by this registry."""
+        article = "an" if self.kind[0] in "aeiou" else "a"
+        return typing.Annotated[dict, Checked(self.check, f"{article} {self.kind} spec", self.with_defaults)]
 
     def register(self, name: str, **tags: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator registering a class or function under ``name``, with optional tags."""
@@ -180,7 +194,7 @@ class Registry:
         spec = to_plain(spec)
         if not isinstance(spec, Mapping):
             return [Problem(path, f"expected a mapping with a 'name' key choosing a {self.kind}")]
-        name = spec.get("name")
+        name = spec.get("name", self.default)
         if name is None:
             return [Problem(f"{path}.name", f"missing. {did_you_mean('', self.list(), kind=self.kind + 's')}")]
         if not isinstance(name, str):
@@ -204,8 +218,36 @@ class Registry:
                 problems.append(Problem(f"{path}.{param.name}", f"missing (expected {describe(param.annotation)})"))
         return problems
 
+    def with_defaults(self, spec: Any) -> Any:
+        """A spec with its name and every parameter's default filled in, in signature
+        order, and nested specs completed in turn (anything that is not a spec of a
+        known component is returned as it is): what a run's resolved config records.
+
+        Example:
+            >>> flows.with_defaults({"name": "iaf", "hidden_features": 8})["hidden_layers"]
+            2
+        """
+        if not isinstance(spec, Mapping) or spec.get("name", self.default) not in self.entries:
+            return spec
+        entry = self.entries[spec.get("name", self.default)]
+        completed: dict[str, Any] = {"name": entry.name}
+        for param in entry.parameters.values():
+            if param.name in spec:
+                value = spec[param.name]
+            elif not param.required:
+                value = _yaml(param.default)
+            else:
+                continue
+            checked = checked_by(param.annotation)
+            completed[param.name] = checked.complete(value) if checked is not None and checked.complete else value
+        return {"name": entry.name, **spec, **completed}  # unknown keys stay, so that validation reports them
+
     def build(self, spec: Mapping[str, Any], path: str, **injected: Any) -> Any:
         """Check a spec and build the component, passing the injected values it accepts.
+
+        A component that builds parts of its own from specs reports their problems in
+        a :class:`ConfigError` with paths relative to its own spec (``flows[0].name``);
+        they are reported here under ``path``.
 
         Raises:
             ConfigError: the spec is invalid or the component rejected its values.
@@ -214,11 +256,13 @@ class Registry:
         problems = self.check(spec, path)
         if problems:
             raise ConfigError(problems)
-        entry = self.entries[spec["name"]]
+        entry = self.entries[spec.get("name", self.default)]
         params = {k: _plain(v) for k, v in spec.items() if k != "name"}
         params.update({k: v for k, v in injected.items() if k in entry.injected})
         try:
             return entry.factory(**params)
+        except ConfigError as error:
+            raise ConfigError([Problem(_within(path, p.path), p.message) for p in error.problems]) from error
         except ValueError as error:
             raise ConfigError([Problem(path, f"{self.kind} '{entry.name}': {error}")]) from error
 
@@ -226,6 +270,20 @@ class Registry:
 def _plain(value: Any) -> Any:
     """YAML lists become tuples so components can hash and compare them."""
     return tuple(_plain(v) for v in value) if isinstance(value, list) else value
+
+
+def _yaml(value: Any) -> Any:
+    """A default as a fresh config value: tuples become lists, mappings are copied."""
+    if isinstance(value, (tuple, list)):
+        return [_yaml(v) for v in value]
+    return {k: _yaml(v) for k, v in value.items()} if isinstance(value, Mapping) else value
+
+
+def _within(path: str, relative: str) -> str:
+    """``relative`` (a path inside the spec at ``path``) as a full key path."""
+    if not relative:
+        return path
+    return f"{path}{relative}" if relative.startswith("[") else f"{path}.{relative}"
 
 
 def _location(factory: Callable[..., Any]) -> str:
@@ -245,6 +303,8 @@ priors = Registry("prior", injected=("latent_size",))
 flows = Registry("flow", injected=("features", "context_features"))
 likelihoods = Registry("likelihood")
 datasets = Registry("dataset")
+blocks = Registry("block", injected=("width", "latent_channels", "downsample", "top"))
+models = Registry("model", injected=("data_shape",), default="vae")
 
 REGISTRIES: dict[str, Registry] = {
     "encoders": encoders,
@@ -254,6 +314,8 @@ REGISTRIES: dict[str, Registry] = {
     "flows": flows,
     "likelihoods": likelihoods,
     "datasets": datasets,
+    "blocks": blocks,
+    "models": models,
 }
 
 register_encoder = encoders.register
@@ -263,6 +325,8 @@ register_prior = priors.register
 register_flow = flows.register
 register_likelihood = likelihoods.register
 register_dataset = datasets.register
+register_block = blocks.register
+register_model = models.register
 
 list_encoders = encoders.list
 list_decoders = decoders.list
@@ -271,6 +335,8 @@ list_priors = priors.list
 list_flows = flows.list
 list_likelihoods = likelihoods.list
 list_datasets = datasets.list
+list_blocks = blocks.list
+list_models = models.list
 
 
 def get_registry(kind: str) -> Registry:

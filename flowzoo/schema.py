@@ -9,6 +9,8 @@ from __future__ import annotations
 
 __all__ = [
     "Range",
+    "Checked",
+    "checked_by",
     "PositiveInt",
     "NonNegativeInt",
     "PositiveFloat",
@@ -17,7 +19,6 @@ __all__ = [
     "check_value",
     "describe",
     "suggest_key",
-    "component",
     "section_problems",
     "with_defaults",
     "to_plain",
@@ -65,6 +66,30 @@ class Range:
         return " and ".join(parts)
 
 
+@dataclass(frozen=True)
+class Checked:
+    """Metadata for values that are more than plain values, used as
+    ``Annotated[dict, Checked(check, doc)]``: a component spec, a list of flows, a device.
+
+    Args:
+        check: ``check(value, path) -> list[Problem]``.
+        doc: what is expected, in words ("an encoder spec").
+        complete: ``complete(value) -> value`` filling in defaults, if any (a
+            component spec's name and parameter defaults).
+    """
+
+    check: typing.Callable[[Any, str], list[Problem]]
+    doc: str
+    complete: typing.Callable[[Any], Any] | None = None
+
+
+def checked_by(annotation: Any) -> Checked | None:
+    """The :class:`Checked` metadata of an annotation, if any."""
+    if typing.get_origin(annotation) is Annotated:
+        return next((meta for meta in typing.get_args(annotation)[1:] if isinstance(meta, Checked)), None)
+    return None
+
+
 PositiveInt = Annotated[int, Range(min=1)]
 NonNegativeInt = Annotated[int, Range(min=0)]
 PositiveFloat = Annotated[float, Range(min=0, min_exclusive=True)]
@@ -84,6 +109,9 @@ def describe(annotation: Any) -> str:
         "one of 'adam', 'adamax'"
     """
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    checked = checked_by(annotation)
+    if checked is not None:
+        return checked.doc
     if origin is Annotated:
         bounds = [str(meta) for meta in args[1:] if isinstance(meta, Range)]
         return " ".join([describe(args[0]), *bounds])
@@ -121,6 +149,9 @@ def check_value(value: Any, annotation: Any, path: str) -> list[Problem]:
         >>> check_value(-3, PositiveInt, "model.latent_size")
         [Problem(path='model.latent_size', message='expected an integer ≥ 1, got -3')]
     """
+    checked = checked_by(annotation)
+    if checked is not None:
+        return checked.check(value, path)
     if _matches(value, annotation, path):
         return []
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
@@ -178,16 +209,7 @@ def suggest_key(key: str, valid: typing.Iterable[str]) -> str:
 
 
 # Config sections are keyword-only dataclasses: a field without a default is required,
-# ``metadata["check"]`` validates a field that is more than a plain value (a component
-# spec, a list of flows), and ``metadata["doc"]`` describes it.
-
-
-def component(registry: Any, default: str | None = None, doc: str = "") -> Any:
-    """A config field holding a component spec ``{name: ..., **params}`` for ``registry``."""
-    kwargs: dict[str, Any] = {"metadata": {"check": registry.check, "doc": doc}}
-    if default is not None:
-        kwargs["default_factory"] = lambda: {"name": default}
-    return dataclasses.field(**kwargs)
+# and a field annotated with :class:`Checked` metadata is validated (and completed) by it.
 
 
 def section_problems(section: type, value: Any, path: str) -> list[Problem]:
@@ -202,12 +224,10 @@ def section_problems(section: type, value: Any, path: str) -> list[Problem]:
         field_path = _join(path, name)
         if name not in value:
             if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-                problems.append(Problem(field_path, f"missing (expected {_expected(field, hints[name])})"))
+                problems.append(Problem(field_path, f"missing (expected {describe(hints[name])})"))
             continue
         if dataclasses.is_dataclass(hints[name]):
             problems += section_problems(hints[name], value[name], field_path)
-        elif "check" in field.metadata:
-            problems += field.metadata["check"](value[name], field_path)
         else:
             problems += check_value(value[name], hints[name], field_path)
     return problems
@@ -215,29 +235,28 @@ def section_problems(section: type, value: Any, path: str) -> list[Problem]:
 
 def with_defaults(section: type, value: Mapping[str, Any]) -> dict[str, Any]:
     """``value`` completed with the section's defaults; nested sections are completed
-    key by key, component specs and lists are taken whole."""
+    key by key, fields with a :class:`Checked` ``complete`` by it (a component spec
+    gets its name and parameter defaults), other values are taken whole."""
     if not isinstance(value, Mapping):
         return value  # reported by section_problems
     hints = typing.get_type_hints(section, include_extras=True)
     result: dict[str, Any] = dict(value)  # unknown keys stay, so that validation reports them
     for field in dataclasses.fields(section):
-        nested = dataclasses.is_dataclass(hints[field.name])
+        annotation = hints[field.name]
+        if dataclasses.is_dataclass(annotation):
+            result[field.name] = with_defaults(annotation, value.get(field.name, {}))
+            continue
         if field.name in value:
             given = value[field.name]
-            result[field.name] = with_defaults(hints[field.name], given) if nested else given
-        elif nested:
-            result[field.name] = with_defaults(hints[field.name], {})
         elif field.default is not dataclasses.MISSING:
-            result[field.name] = field.default
+            given = field.default
         elif field.default_factory is not dataclasses.MISSING:
-            result[field.name] = field.default_factory()
+            given = field.default_factory()
+        else:
+            continue
+        checked = checked_by(annotation)
+        result[field.name] = checked.complete(given) if checked is not None and checked.complete else given
     return result
-
-
-def _expected(field: dataclasses.Field, annotation: Any) -> str:
-    if "check" in field.metadata:
-        return field.metadata.get("doc") or "a component spec"
-    return describe(annotation)
 
 
 def _join(path: str, key: str) -> str:

@@ -35,7 +35,7 @@ from flowzoo.evaluation import evaluate, evaluation_settings
 from flowzoo.images import image_grid
 from flowzoo.runs import RunDir
 from flowzoo.schedules import LR_SCHEDULES, kl_weight, lr_factor
-from flowzoo.schema import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, UnitInterval
+from flowzoo.schema import Checked, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, UnitInterval
 
 
 def check_device(value: Any, path: str) -> list[Problem]:
@@ -62,16 +62,21 @@ class TrainerConfig:
     """The ``trainer`` section."""
 
     epochs: PositiveInt = 100
+    """Passes over the training set."""
     batch_size: PositiveInt = 100
     """Examples per step, over all processes together when distributed."""
     optimizer: Literal["adam", "adamax"] = "adamax"
+    """Adamax is what the IAF paper used."""
     lr: PositiveFloat = 1e-3
+    """Peak learning rate."""
     weight_decay: NonNegativeFloat = 0.0
+    """L2 penalty of the optimizer."""
     lr_schedule: Literal[LR_SCHEDULES] = "constant"  # type: ignore[valid-type]
     """``constant``, or ``cosine``, ``linear`` or ``exponential`` decay to ``lr_final_ratio · lr`` at the last step."""
     lr_warmup_steps: NonNegativeInt = 0
     """Steps of linear learning-rate warm-up from 0."""
     lr_final_ratio: Annotated[float, Range(min=0, max=1, min_exclusive=True)] = 0.01
+    """Learning rate at the last step of a decaying schedule, as a fraction of ``lr``."""
     kl_warmup_steps: NonNegativeInt = 0
     """Steps over which the KL term's weight grows linearly from 0 to 1 (0: no warm-up)."""
     free_bits: NonNegativeFloat = 0.0
@@ -87,7 +92,8 @@ class TrainerConfig:
     data_on_device: Literal["auto", "always", "never"] = "auto"
     """Keep the training set on the GPU (auto: when it takes under a quarter of the free memory);
     otherwise batches are copied from pinned memory."""
-    device: str = dataclasses.field(default="auto", metadata={"check": check_device})
+    device: Annotated[str, Checked(check_device, "'auto', 'cpu', 'cuda' or 'cuda:N'")] = "auto"
+    """``auto`` is CUDA when there is a GPU, else the CPU."""
     log_every: PositiveInt = 100
     """Steps between train records in metrics.jsonl and updates of the progress bar."""
     checkpoint_every: NonNegativeInt = 1000
@@ -321,8 +327,9 @@ class Trainer:
         if self.workers.is_main:
             self.run.log("train", step=self.step, epoch=self.epoch, images_per_second=round(rate, 1),
                          lr=self.scheduler.get_last_lr()[0], kl_weight=self.kl_weight_value, **means)
+        bits = f"  {means['bpd']:.3f} bits/dim" if "bpd" in means else ""
         return (f"loss {means['loss']:.2f}  −ELBO {means.get('neg_elbo', math.nan):.2f}  "
-                f"KL {means.get('kl', math.nan):.2f}  {rate:,.0f} img/s")
+                f"KL {means.get('kl', math.nan):.2f}{bits}  {rate:,.0f} img/s")
 
     def _end_epoch(self, progress) -> None:
         self.epoch += 1
@@ -337,9 +344,10 @@ class Trainer:
         self._checkpoint(self.run.last)
         if self.workers.is_main:
             mark = " [green](best)" if improved else ""
+            bits = f", {valid['bpd_elbo']:.3f} bits/dim" if "bpd_elbo" in valid else ""
             progress.console.print(
                 f"epoch {self.epoch}: valid −ELBO {valid['neg_elbo']:.2f} "
-                f"(recon {valid['recon']:.2f}, KL {valid['kl']:.2f}){mark}"
+                f"(recon {valid['recon']:.2f}, KL {valid['kl']:.2f}{bits}){mark}"
             )
 
     def evaluated_weights(self):

@@ -1,31 +1,104 @@
-"""The VAE with a flow posterior, and its composition from a model config."""
+"""VAEs: the ELBO objective every model shares, the VAE with a flow posterior, and models built from specs.
+
+A model is a registered component (``flowzoo list models``) built from the ``model``
+section of a config; ``vae`` (the default) composes an encoder, a base posterior, a
+chain of flows, a decoder, a prior and a likelihood. Every model derives from
+:class:`VariationalModel`, which turns its importance weights into the losses the
+trainer minimises and the pictures it draws.
+"""
 
 from __future__ import annotations
 
-__all__ = ["VAE", "ModelConfig", "build_vae", "check_flows", "flow_specs", "parameter_count"]
+__all__ = [
+    "VariationalModel",
+    "VAE",
+    "compose_vae",
+    "build_model",
+    "check_flows",
+    "flow_specs",
+    "parameter_count",
+]
 
-import dataclasses
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Annotated, Any, Iterable, Mapping, Sequence
 
 import torch
 from nflows.transforms import CompositeTransform, Transform
 from torch import Tensor, nn
 
 from flowzoo.errors import ConfigError, Problem
+from flowzoo.likelihoods import bits_per_dim
 from flowzoo.priors import StandardNormal
-from flowzoo.registry import decoders, encoders, flows, likelihoods, posteriors, priors
-from flowzoo.schema import (
-    NonNegativeInt,
-    PositiveInt,
-    check_value,
-    component,
-    section_problems,
-    to_plain,
-    with_defaults,
-)
+from flowzoo.registry import decoders, encoders, likelihoods, models, posteriors, priors, register_model
+from flowzoo.registry import flows as flow_registry
+from flowzoo.schema import Checked, NonNegativeInt, PositiveInt, check_value
 
 
-class VAE(nn.Module):
+class VariationalModel(nn.Module):
+    r"""The negative ELBO and its terms, for any model that gives its importance weights.
+
+    A subclass implements ``log_weights(x, n_samples)``, returning for ``n_samples``
+    posterior samples per example ``log_px_given_z``, ``log_pz`` and ``log_qz``, each
+    ``(n_samples, batch)``, and ``kl_groups``, ``(n_samples, batch, layers, groups)``:
+    ``log q − log p`` split over the stochastic layers (named by ``layer_names``) and
+    the latent groups within each, whose sum is ``log_qz − log_pz``. It also provides
+    ``sample(n)`` (images in [0, 1] from the prior), ``encode(x)`` (one posterior
+    sample of its latents, as a list of tensors) and ``decode(latents)`` (images in
+    [0, 1]), ``components()`` (named parts, for parameter counts) and a
+    ``likelihood`` with ``unit(x)``.
+    """
+
+    layer_names: tuple[str, ...] = ("z",)
+    likelihood: nn.Module
+
+    def log_weights(self, x: Tensor, n_samples: int = 1) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, kl_weight: float | Tensor = 1.0, free_bits: float = 0.0) -> dict[str, Tensor]:
+        r"""Batch-mean losses: ``loss`` (what to minimise), ``neg_elbo``, ``recon`` (−log p(x|z)),
+        ``kl``, ``bpd`` (bits/dim of the −ELBO, for 8-bit images) and ``kl/<layer>`` (with several layers).
+
+        ``loss`` is :math:`\mathrm{recon} + \beta \sum_g \max(\mathrm{KL}_g, \lambda)`:
+        the −ELBO itself with the defaults; a KL weight β below 1 during warm-up; and
+        "free bits" λ (Kingma et al. 2016), which stop pushing the KL of each latent
+        group g, averaged over the batch, below λ nats so that groups are not driven
+        onto the prior early on. The groups are the model's (``kl_groups``).
+        """
+        terms = self.log_weights(x)
+        recon = -terms["log_px_given_z"].mean()
+        kl_groups = terms["kl_groups"].mean(dim=(0, 1))  # (layers, groups), averaged over the batch
+        kl = kl_groups.sum()
+        kl_objective = kl_groups.clamp(min=free_bits).sum() if free_bits else kl
+        losses = {"loss": recon + kl_weight * kl_objective, "neg_elbo": recon + kl, "recon": recon, "kl": kl}
+        if getattr(self.likelihood, "reports_bits_per_dim", False):
+            losses["bpd"] = bits_per_dim(losses["neg_elbo"], x[0].numel())
+        if len(self.layer_names) > 1:
+            losses.update({f"kl/{name}": layer for name, layer in zip(self.layer_names, kl_groups.sum(-1))})
+        return losses
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Images in [0, 1] decoded from one posterior sample per image."""
+        return self.decode(self.encode(x))
+
+    @torch.no_grad()
+    def interpolate(self, x_a: Tensor, x_b: Tensor, steps: int = 8) -> Tensor:
+        """Images decoded along the straight lines between the latents of ``x_a`` and of
+        ``x_b`` (one posterior sample each), ``(batch, steps, channels, height, width)``;
+        the first and last columns are the two reconstructions."""
+        start, end = self.encode(x_a), self.encode(x_b)
+        columns = [self.decode([torch.lerp(a, b, t) for a, b in zip(start, end)])
+                   for t in torch.linspace(0, 1, steps).tolist()]
+        return torch.stack(columns, dim=1)
+
+    @torch.no_grad()
+    def pictures(self, x: Tensor) -> dict[str, Tensor]:
+        """Images in [0, 1] for the trainer's per-epoch grids: ``samples`` from the
+        prior, and ``reconstructions``, each image of ``x`` beside its reconstruction."""
+        originals = self.likelihood.unit(x)
+        return {"samples": self.sample(len(x)), "reconstructions": torch.cat([originals, self.reconstruct(x)], dim=-1)}
+
+
+class VAE(VariationalModel):
     r"""A VAE whose posterior is a base distribution pushed through a chain of flows.
 
     .. math::
@@ -36,6 +109,7 @@ class VAE(nn.Module):
     :math:`-\mathbb{E}_q[\log p(x|z_T) + \log p(z_T) - \log q(z_T|x)]`, estimated with
     one sample per example. The KL term is estimated by Monte Carlo for every model,
     with or without flows, so that all models are compared with the same estimator.
+    The latent vector is one stochastic layer and one free-bits group.
 
     Args:
         encoder: backbone mapping ``x`` to features; must expose ``out_features``.
@@ -103,45 +177,28 @@ class VAE(nn.Module):
         z, log_q = self.posterior_sample(x, n_samples)
         params = self.decoder(z.flatten(0, 1))
         params = params.view(*z.shape[:2], *params.shape[1:])
+        log_pz = self.prior.log_prob(z)
         return {
             "log_px_given_z": self.likelihood.log_prob(x, params),
-            "log_pz": self.prior.log_prob(z),
+            "log_pz": log_pz,
             "log_qz": log_q,
+            "kl_groups": (log_q - log_pz)[..., None, None],
         }
-
-    def forward(self, x: Tensor, kl_weight: float | Tensor = 1.0, free_bits: float = 0.0) -> dict[str, Tensor]:
-        r"""Batch-mean losses: ``loss`` (what to minimise), ``neg_elbo``, ``recon`` (−log p(x|z)) and ``kl``.
-
-        ``loss`` is ``recon + kl_weight · max(kl, free_bits)``: the −ELBO itself with
-        the defaults; a KL weight below 1 during warm-up; and "free bits" (Kingma et
-        al. 2016), which stop pushing the KL, averaged over the batch, below
-        ``free_bits`` nats so that the posterior is not driven onto the prior early on.
-        The latent vector is one group here, so the floor applies to its whole KL.
-        """
-        terms = self.log_weights(x)
-        recon = -terms["log_px_given_z"].mean()
-        kl = (terms["log_qz"] - terms["log_pz"]).mean()
-        neg_elbo = recon + kl
-        loss = recon + kl_weight * kl.clamp(min=free_bits) if free_bits else recon + kl_weight * kl
-        return {"loss": loss, "neg_elbo": neg_elbo, "recon": recon, "kl": kl}
 
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:
         """``n`` images: the likelihood's mean for ``z`` drawn from the prior."""
-        return self.likelihood.mean(self.decoder(self.prior.sample(n)))
+        return self.decode([self.prior.sample(n)])
 
     @torch.no_grad()
-    def reconstruct(self, x: Tensor) -> Tensor:
-        """The likelihood's mean for one posterior sample ``z_T`` per image."""
-        z, _ = self.posterior_sample(x)
-        return self.likelihood.mean(self.decoder(z[0]))
+    def encode(self, x: Tensor) -> list[Tensor]:
+        """One posterior sample ``z_T`` per image, as the one-element list of latents."""
+        return [self.posterior_sample(x)[0][0]]
 
     @torch.no_grad()
-    def pictures(self, x: Tensor) -> dict[str, Tensor]:
-        """Images in [0, 1] for the trainer's per-epoch grids: ``samples`` from the
-        prior, and ``reconstructions``, each image of ``x`` beside its reconstruction."""
-        originals = self.likelihood.unit(x)
-        return {"samples": self.sample(len(x)), "reconstructions": torch.cat([originals, self.reconstruct(x)], dim=-1)}
+    def decode(self, latents: Sequence[Tensor]) -> Tensor:
+        """The likelihood's mean given ``z``."""
+        return self.likelihood.mean(self.decoder(latents[0]))
 
     def components(self) -> dict[str, nn.Module]:
         """The named parts of the model, for parameter summaries."""
@@ -173,9 +230,9 @@ def check_flows(flows_config: Any, path: str) -> list[Problem]:
         for key, annotation in _FLOW_KEYS.items():
             if key in entry:
                 problems += check_value(entry[key], annotation, f"{entry_path}.{key}")
-        problems += flows.check({k: v for k, v in entry.items() if k not in _FLOW_KEYS}, entry_path)
+        problems += flow_registry.check({k: v for k, v in entry.items() if k not in _FLOW_KEYS}, entry_path)
         if isinstance(entry.get("between"), str):  # a bare name: its problems belong to `between`, not `between.name`
-            between = flows.check({"name": entry["between"]}, f"{entry_path}.between")
+            between = flow_registry.check({"name": entry["between"]}, f"{entry_path}.between")
             problems += [Problem(p.path.removesuffix(".name"), p.message) for p in between]
     return problems
 
@@ -200,46 +257,54 @@ def flow_specs(flows_config: Sequence[Mapping[str, Any]], path: str = "model.flo
     return steps
 
 
-@dataclasses.dataclass(kw_only=True)
-class ModelConfig:
-    """The ``model`` section: sizes and one spec per component."""
-
-    latent_size: PositiveInt
-    context_size: NonNegativeInt = 0
-    encoder: dict = component(encoders, doc="an encoder spec")
-    posterior: dict = component(posteriors, "diagonal_gaussian", doc="a base posterior spec")
-    flows: list = dataclasses.field(
-        default_factory=list,
-        metadata={"check": check_flows, "doc": "a list of flow specs, each optionally with repeat and between"},
-    )
-    decoder: dict = component(decoders, doc="a decoder spec")
-    prior: dict = component(priors, "standard_normal", doc="a prior spec")
-    likelihood: dict = component(likelihoods, "bernoulli", doc="a likelihood spec")
+def complete_flows(flows_config: Any) -> Any:
+    """Each flow spec of a list completed with its defaults (``repeat`` and ``between`` kept)."""
+    if not isinstance(flows_config, list):
+        return flows_config
+    return [flow_registry.with_defaults(entry) for entry in flows_config]
 
 
-def build_vae(model: Mapping[str, Any], data_shape: Sequence[int], path: str = "model") -> VAE:
-    """Build a :class:`VAE` from a model config for data of shape ``data_shape``.
+FlowList = Annotated[
+    list, Checked(check_flows, "a list of flow specs, each optionally with repeat and between", complete_flows)
+]
 
-    Raises:
-        ConfigError: listing every problem in the model config.
+
+@register_model("vae")
+def compose_vae(
+    data_shape: Sequence[int],
+    *,
+    latent_size: PositiveInt,
+    context_size: NonNegativeInt = 0,
+    encoder: encoders.spec,
+    posterior: posteriors.spec = {"name": "diagonal_gaussian"},  # spec defaults are copied, never mutated
+    flows: FlowList = (),
+    decoder: decoders.spec,
+    prior: priors.spec = {"name": "standard_normal"},
+    likelihood: likelihoods.spec = {"name": "bernoulli"},
+) -> VAE:
+    """A VAE with a flow posterior: encoder, base posterior, flows, decoder, prior, likelihood.
+
+    Args:
+        data_shape: shape of one example (set from the data set).
+        latent_size: size of z.
+        context_size: size of the context h given to every flow; 0 for none.
+        encoder: maps x to features.
+        posterior: the base posterior q(z0|x) on the encoder's features.
+        flows: flow steps applied to z0 in order; an entry may set ``repeat: N`` and
+            ``between: NAME`` (a flow put between repeats, e.g. ``reverse``).
+        decoder: maps z to the likelihood's parameters.
+        prior: p(z).
+        likelihood: p(x|z).
 
     Example:
-        >>> model = build_vae({
-        ...     "latent_size": 4,
-        ...     "context_size": 8,
-        ...     "encoder": {"name": "mlp", "hidden_sizes": [32]},
-        ...     "decoder": {"name": "mlp", "hidden_sizes": [32]},
-        ...     "flows": [{"name": "iaf", "hidden_features": 16, "repeat": 2, "between": "reverse"}],
-        ... }, data_shape=(1, 28, 28))
+        >>> model = compose_vae((1, 28, 28), latent_size=4, context_size=8,
+        ...                     encoder={"name": "mlp", "hidden_sizes": [32]},
+        ...                     decoder={"name": "mlp", "hidden_sizes": [32]},
+        ...                     flows=[{"name": "iaf", "hidden_features": 16, "repeat": 2, "between": "reverse"}])
         >>> [type(f).__name__ for f in model.flows._transforms]
         ['GatedIAF', 'ReversePermutation', 'GatedIAF']
     """
-    model = to_plain(model)
-    problems = section_problems(ModelConfig, model, path)
-    if problems:
-        raise ConfigError(problems)
-    model = with_defaults(ModelConfig, model)
-    latent, context = model["latent_size"], model["context_size"]
+    problems: list[Problem] = []
 
     def build(registry, spec, spec_path: str, **injected):
         try:
@@ -247,24 +312,43 @@ def build_vae(model: Mapping[str, Any], data_shape: Sequence[int], path: str = "
         except ConfigError as error:
             problems.extend(error.problems)
 
-    likelihood = build(likelihoods, model["likelihood"], f"{path}.likelihood")
-    per_channel = getattr(likelihood, "params_per_channel", 1)
+    built_likelihood = build(likelihoods, likelihood, "likelihood")
+    per_channel = getattr(built_likelihood, "params_per_channel", 1)
     output_shape = (data_shape[0] * per_channel, *data_shape[1:])
-    encoder = build(encoders, model["encoder"], f"{path}.encoder", input_shape=tuple(data_shape))
-    posterior = None
-    if encoder is not None:
-        posterior = build(
-            posteriors, model["posterior"], f"{path}.posterior", in_features=encoder.out_features, latent_size=latent
+    built_encoder = build(encoders, encoder, "encoder", input_shape=tuple(data_shape))
+    built_posterior = None
+    if built_encoder is not None:
+        built_posterior = build(
+            posteriors, posterior, "posterior", in_features=built_encoder.out_features, latent_size=latent_size
         )
-    decoder = build(decoders, model["decoder"], f"{path}.decoder", latent_size=latent, output_shape=output_shape)
-    prior = build(priors, model["prior"], f"{path}.prior", latent_size=latent)
+    built_decoder = build(decoders, decoder, "decoder", latent_size=latent_size, output_shape=output_shape)
+    built_prior = build(priors, prior, "prior", latent_size=latent_size)
     steps = [
-        build(flows, spec, spec_path, features=latent, context_features=context)
-        for spec_path, spec in flow_specs(model["flows"], f"{path}.flows")
+        build(flow_registry, spec, spec_path, features=latent_size, context_features=context_size)
+        for spec_path, spec in flow_specs(flows, "flows")
     ]
     if problems:
         raise ConfigError(problems)
-    return VAE(encoder, posterior, decoder, likelihood, flows=steps, prior=prior, context_size=context)
+    return VAE(built_encoder, built_posterior, built_decoder, built_likelihood, flows=steps, prior=built_prior,
+               context_size=context_size)
+
+
+def build_model(spec: Mapping[str, Any], data_shape: Sequence[int], path: str = "model") -> VariationalModel:
+    """Build the model a ``model`` config section describes, for data of shape ``data_shape``.
+
+    Raises:
+        ConfigError: listing every problem in the section.
+
+    Example:
+        >>> model = build_model({
+        ...     "latent_size": 4,
+        ...     "encoder": {"name": "mlp", "hidden_sizes": [32]},
+        ...     "decoder": {"name": "mlp", "hidden_sizes": [32]},
+        ... }, data_shape=(1, 28, 28))
+        >>> type(model).__name__, model.prior.latent_size
+        ('VAE', 4)
+    """
+    return models.build(spec, path, data_shape=tuple(data_shape))
 
 
 def parameter_count(module: nn.Module) -> int:

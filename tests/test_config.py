@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from omegaconf import OmegaConf
+
 from flowzoo.config import load_config
 from flowzoo.errors import ConfigError
-from flowzoo.vae import build_vae
+from flowzoo.vae import build_model
 
 from conftest import REPO, run_cli
 
@@ -24,13 +26,13 @@ def problems(source, overrides=()) -> list[str]:
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_load_and_build(path):
     config = load_config(path)
-    model = build_vae(config.model, (1, 28, 28))
+    model = build_model(config.model, (1, 28, 28))
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
 def test_mnist_iaf_is_the_documented_architecture():
     config = load_config(REPO / "configs" / "mnist_iaf.yaml")
-    model = build_vae(config.model, (1, 28, 28))
+    model = build_model(config.model, (1, 28, 28))
     steps = [type(step).__name__ for step in model.flows._transforms]
     assert steps == ["GatedIAF", "ReversePermutation"] * 3 + ["GatedIAF"]
     made = model.flows._transforms[0].made
@@ -81,7 +83,17 @@ def test_overrides_reach_list_items_and_parse_yaml_values():
 def test_component_override_replaces_the_whole_spec():
     overrides = ["model.encoder={name: mlp}", "model.decoder={name: mlp}"]
     config = load_config(REPO / "configs" / "mnist_vae.yaml", overrides)
-    assert dict(config.model.encoder) == {"name": "mlp"}
+    assert OmegaConf.to_container(config.model.encoder) == {"name": "mlp", "hidden_sizes": [300, 300],
+                                                            "activation": "elu"}  # no key left from `conv`
+
+
+def test_the_resolved_config_records_every_default_of_nested_specs():
+    config = load_config(REPO / "configs" / "cifar_vae.yaml")
+    assert config.model.block == {"name": "gaussian", "kernel_size": 3, "residual_scale": 0.1}
+    assert config.data.download is True and config.data.valid_size is None
+    mnist = load_config(REPO / "configs" / "mnist_iaf.yaml")
+    assert mnist.model.name == "vae" and list(mnist.model)[0] == "name"
+    assert mnist.model.flows[0].activation == "elu" and mnist.model.flows[0].repeat == 4
 
 
 def test_interpolation_errors_name_the_key_and_suggest():
@@ -114,7 +126,7 @@ def test_malformed_override_is_reported():
 
 def test_bad_parameter_value_caught_when_building():
     with pytest.raises(ConfigError) as error:
-        build_vae({"latent_size": 4, "encoder": {"name": "conv", "hidden_sizes": []}, "decoder": {"name": "mlp"}},
+        build_model({"latent_size": 4, "encoder": {"name": "conv", "hidden_sizes": []}, "decoder": {"name": "mlp"}},
                   (1, 28, 28))
     assert str(error.value.problems[0]).startswith("model.encoder: encoder 'conv': hidden_sizes must have")
 

@@ -12,7 +12,7 @@ import torch
 from flowzoo.flowcheck import check_flow, jacobians
 from flowzoo.flows import GatedIAF, Planar, Radial
 from flowzoo.registry import flows, list_flows
-from flowzoo.vae import build_vae
+from flowzoo.vae import build_model
 
 FEATURES, CONTEXT, BATCH = 5, 3, 4
 
@@ -28,7 +28,7 @@ def test_flow_contract(name, context_features):
 def test_flow_trains_inside_a_vae(name):
     """Every flow composes into a VAE: finite loss and finite gradients in float32 with several samples."""
     torch.manual_seed(0)
-    model = build_vae({
+    model = build_model({
         "latent_size": 4,
         "context_size": 6,
         "encoder": {"name": "mlp", "hidden_sizes": [16]},
@@ -41,7 +41,8 @@ def test_flow_trains_inside_a_vae(name):
     assert torch.isfinite(losses["loss"])
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     terms = model.log_weights(x, n_samples=3)
-    assert all(t.shape == (3, 8) and torch.isfinite(t).all() for t in terms.values())
+    assert terms["kl_groups"].shape == (3, 8, 1, 1)  # one layer, one group: the latent vector
+    assert all(t.shape[:2] == (3, 8) and torch.isfinite(t).all() for t in terms.values())
 
 
 @pytest.mark.parametrize("name", list_flows())

@@ -7,9 +7,10 @@ import torch
 from nflows.transforms import Transform
 
 from flowzoo.config import load_config
-from flowzoo.errors import ConfigError
-from flowzoo.registry import RegistryError, flows, get_registry, list_flows, register_flow
-from flowzoo.vae import build_vae
+from flowzoo.errors import ConfigError, Problem
+from flowzoo.registry import REGISTRIES, RegistryError, flows, get_registry, list_flows, models, register_flow
+from flowzoo.schema import describe
+from flowzoo.vae import build_model
 
 
 @pytest.fixture
@@ -60,7 +61,7 @@ def test_custom_flow_used_by_name_from_a_config(scratch_flows):
         {"model": {"latent_size": 3, "encoder": {"name": "mlp"}, "decoder": {"name": "mlp"},
                    "flows": [{"name": "scale", "init": 2.0}]}}
     )
-    model = build_vae(config.model, (1, 28, 28))
+    model = build_model(config.model, (1, 28, 28))
     assert isinstance(model.flows._transforms[0], Scale)
     with pytest.raises(ConfigError, match=r"model.flows\[0\].init: expected a number, got 'big'"):
         load_config({"model": {"latent_size": 3, "encoder": {"name": "mlp"}, "decoder": {"name": "mlp"},
@@ -69,3 +70,24 @@ def test_custom_flow_used_by_name_from_a_config(scratch_flows):
 
 def test_registry_by_kind_name():
     assert get_registry("flows") is get_registry("flow") is flows
+
+
+@pytest.mark.parametrize("kind, name", [(kind, name) for kind, registry in REGISTRIES.items()
+                                        for name in registry.list()])
+def test_every_default_is_a_valid_value_of_its_parameter(kind, name):
+    """The defaults a resolved config records must pass the checks a config's values do."""
+    registry = REGISTRIES[kind]
+    spec = registry.with_defaults({"name": name})
+    required = [p for p in registry[name].parameters.values() if p.required]
+    assert registry.check(spec, kind) == [Problem(f"{kind}.{p.name}", f"missing (expected {describe(p.annotation)})")
+                                          for p in required]
+
+
+def test_a_spec_without_a_name_is_the_registrys_default():
+    assert models.default == "vae"
+    spec = models.with_defaults({"latent_size": 2, "encoder": {"name": "mlp"}, "decoder": {"name": "mlp"}})
+    assert list(spec)[:2] == ["name", "latent_size"] and spec["name"] == "vae"
+    assert spec["posterior"] == {"name": "diagonal_gaussian"} and spec["flows"] == []
+    assert spec["encoder"]["hidden_sizes"] == [300, 300]  # nested specs are completed too
+    with pytest.raises(ConfigError, match="model.name: missing"):
+        flows.build({"features": 2}, "model")

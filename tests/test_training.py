@@ -11,7 +11,7 @@ import yaml
 from flowzoo.checkpoint import load_checkpoint
 from flowzoo.evaluation import evaluate
 from flowzoo.experiment import load_run
-from flowzoo.vae import build_vae
+from flowzoo.vae import build_model
 
 from conftest import run_cli
 
@@ -35,7 +35,7 @@ def test_trained_model_beats_its_initialisation_on_validation(tiny_run):
     config, trained, dataset = load_run(run_dir)
     valid = dataset.load("valid")[:500]
     torch.manual_seed(config.seed)  # the same initialisation the run started from
-    untrained = build_vae(config.model, dataset.shape)
+    untrained = build_model(config.model, dataset.shape)
     before = evaluate(untrained, valid, iw_samples=1)["neg_elbo"]
     after = evaluate(trained, valid, iw_samples=1)["neg_elbo"]
     assert after < before - 100, (before, after)

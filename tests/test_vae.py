@@ -10,12 +10,12 @@ from torch.autograd.functional import jacobian
 
 from flowzoo.datasets import BinarizedMNIST
 from flowzoo.evaluation import evaluate
-from flowzoo.vae import build_vae
+from flowzoo.vae import build_model
 
 
 def small_vae(latent: int, flows: list, seed: int = 0):
     torch.manual_seed(seed)
-    model = build_vae(
+    model = build_model(
         {
             "latent_size": latent,
             "context_size": 4,
@@ -86,7 +86,7 @@ def briefly_trained():
     torch.manual_seed(0)
     data = BinarizedMNIST()
     train, test = data.load("train")[:15_000].float(), data.load("test")[:300]
-    model = build_vae(
+    model = build_model(
         {
             "latent_size": 16,
             "context_size": 16,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["GatedIAF", "ResidualGatedIAF", "AffineIAF", "made"]
+__all__ = ["GatedIAF", "ResidualGatedIAF", "AffineIAF", "made", "gated_update", "start_near_identity"]
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,21 @@ def made(
     )
 
 
+def gated_update(z: Tensor, m: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    """The gated IAF update ``σ·z + (1−σ)·m`` with ``σ = sigmoid(s)``, and ``log σ`` elementwise."""
+    sigma = torch.sigmoid(s)
+    return sigma * z + (1 - sigma) * m, F.logsigmoid(s)
+
+
+@torch.no_grad()
+def start_near_identity(weight: Tensor, m_bias: Tensor, s_bias: Tensor, gate_bias: float) -> None:
+    """Initialise an autoregressive network's output layer so that ``m ≈ 0`` and
+    ``s ≈ gate_bias`` for every input: a gated step then starts close to the identity."""
+    nn.init.uniform_(weight, -1e-3, 1e-3)
+    m_bias.zero_()
+    s_bias.fill_(gate_bias)
+
+
 class _Gated(Transform):
     """The gated update shared by the IAF steps below, whatever their MADE."""
 
@@ -42,21 +57,17 @@ class _Gated(Transform):
         super().__init__()
         self.features = features
         self.made = made
-        # Start near the identity: m ≈ 0 and s ≈ gate_bias for every input.
         final = self.made.final_layer
-        nn.init.uniform_(final.weight, -1e-3, 1e-3)
-        with torch.no_grad():
-            final.bias.view(features, 2)[:, 0] = 0.0
-            final.bias.view(features, 2)[:, 1] = gate_bias
+        start_near_identity(final.weight, final.bias.view(features, 2)[:, 0], final.bias.view(features, 2)[:, 1],
+                            gate_bias)
 
     def _gate(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         params = self.made(z, context).view(-1, self.features, 2)
         return params[..., 0], params[..., 1]
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        m, s = self._gate(z, context)
-        sigma = torch.sigmoid(s)
-        return sigma * z + (1 - sigma) * m, F.logsigmoid(s).sum(-1)
+        z, log_sigma = gated_update(z, *self._gate(z, context))
+        return z, log_sigma.sum(-1)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Invert by ``features`` sequential MADE passes (exact after the last)."""

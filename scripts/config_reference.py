@@ -1,0 +1,342 @@
+"""Generate docs/reference.md, the config reference, from the code so that it cannot drift.
+
+The experiment sections come from the config dataclasses (types from their
+annotations, defaults from their fields, meanings from the attribute docstrings
+after each field); the components come from the registries (types and defaults
+from each factory's signature, meanings from the ``Args:`` section of its
+docstring). Only built-in components are listed, so an installed plugin does not
+change the file.
+
+Usage::
+
+    python scripts/config_reference.py           # write docs/reference.md
+    python scripts/config_reference.py --check   # exit 1 if docs/reference.md is out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import re
+import sys
+import textwrap
+import typing
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import yaml
+
+import flowzoo  # noqa: F401  (importing the package registers the built-in components)
+from flowzoo.config import ExperimentConfig
+from flowzoo.registry import REGISTRIES, Entry, Registry
+from flowzoo.schema import checked_by, describe
+from flowzoo.vae import check_flows
+
+REPO = Path(__file__).resolve().parents[1]
+OUTPUT = REPO / "docs" / "reference.md"
+COMMAND = "python scripts/config_reference.py"
+BUILT_IN = "built-in"
+
+# Checked annotations whose values are specs of a registry without being checked by the
+# registry itself: the model's list of flows.
+_SPEC_LISTS: dict[Callable[..., Any], str] = {check_flows: "flows"}
+
+
+# -- text -----------------------------------------------------------------------------------
+
+
+def markdown(text: str, cell: bool = True) -> str:
+    """Docstring text (reStructuredText) as one line of Markdown; in a table ``cell``, ``|`` is escaped."""
+    text = " ".join(text.split())
+    text = re.sub(r":[\w:]+:`(~?)([^`]+)`", _role, text)
+    text = text.replace("``", "`")
+    return text.replace("|", "\\|") if cell else text
+
+
+def _role(match: re.Match) -> str:
+    """``:class:`~a.b.C``` as `C`, ``:func:`f``` as `f`."""
+    target = match.group(2)
+    return f"`{target.rsplit('.', 1)[-1] if match.group(1) else target}`"
+
+
+def yaml_inline(value: Any) -> str:
+    """A default as it would be written in a YAML config: tuples as lists, mappings inline."""
+
+    def plain(item: Any) -> Any:
+        if isinstance(item, (tuple, list)):
+            return [plain(v) for v in item]
+        if isinstance(item, typing.Mapping):
+            return {k: plain(v) for k, v in item.items()}
+        return item
+
+    text = yaml.safe_dump(plain(value), default_flow_style=True, sort_keys=False, allow_unicode=True, width=10**6)
+    return text.removesuffix("\n").removesuffix("\n...").strip()
+
+
+def code(text: str, cell: bool = True) -> str:
+    return f"`{text}`".replace("|", "\\|") if cell else f"`{text}`"
+
+
+def docstring_args(doc: str | None) -> dict[str, str]:
+    """Parameter name → description from the Google-style ``Args:`` section of a docstring.
+
+    Each entry is ``name: text`` (or ``name (type): text``); lines indented further
+    than the entry continue it; the section ends at the first non-blank line indented
+    no further than the ``Args:`` header.
+
+    Example:
+        >>> doc = "Summary.\\n\\nArgs:\\n    a: first\\n        line.\\n    b (int): two.\\n\\nReturns:\\n    x"
+        >>> docstring_args(doc)
+        {'a': 'first line.', 'b': 'two.'}
+    """
+    if not doc:
+        return {}
+    lines = inspect.cleandoc(doc).splitlines()
+    result: dict[str, list[str]] = {}
+    header_indent = entry_indent = None
+    current = None
+    for line in lines:
+        indent = len(line) - len(line.lstrip())
+        if header_indent is None:
+            if line.strip() in ("Args:", "Arguments:", "Parameters:"):
+                header_indent = indent
+            continue
+        if not line.strip():
+            continue
+        if indent <= header_indent:
+            break
+        if entry_indent is None:
+            entry_indent = indent
+        match = re.fullmatch(r"\*{0,2}(\w+)\s*(?:\([^)]*\))?:\s*(.*)", line.strip())
+        if indent <= entry_indent and match:
+            current = match.group(1)
+            result[current] = [match.group(2)]
+        elif current is not None:
+            result[current].append(line.strip())
+    return {name: " ".join(" ".join(parts).split()) for name, parts in result.items()}
+
+
+def own_docstring(factory: Callable[..., Any]) -> str:
+    """The factory's own docstring (a class without one does not inherit its base's)."""
+    return inspect.cleandoc(factory.__doc__) if factory.__doc__ else ""
+
+
+def parameter_docs(factory: Callable[..., Any]) -> dict[str, str]:
+    """Descriptions of a factory's parameters: its ``Args:``, and for a class its ``__init__``'s too."""
+    docs = {}
+    if inspect.isclass(factory) and "__init__" in vars(factory):
+        docs.update(docstring_args(vars(factory)["__init__"].__doc__))
+    docs.update(docstring_args(factory.__doc__))
+    return docs
+
+
+def field_docs(section: type) -> dict[str, str]:
+    """Field name → attribute docstring (the string literal right after the field), for a dataclass."""
+    docs: dict[str, str] = {}
+    for cls in reversed(section.__mro__):
+        if not dataclasses.is_dataclass(cls):
+            continue
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+        body = next(node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)).body
+        for node, after in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                    and isinstance(after.value.value, str)):
+                docs[node.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
+# -- tables ---------------------------------------------------------------------------------
+
+
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def type_words(annotation: Any) -> str:
+    """``describe(annotation)``, linked to the registry section when it is a spec of a registry."""
+    words = markdown(describe(annotation))
+    checked = checked_by(annotation)
+    if checked is None:
+        return words
+    for plural, registry in REGISTRIES.items():
+        if checked.check == registry.check or _SPEC_LISTS.get(checked.check) == plural:
+            return f"[{words}](#{plural})"
+    return words
+
+
+def section_names(section: type, key: str = "") -> Iterator[tuple[str, type]]:
+    """The config section at ``key`` and, in field order, every nested section."""
+    yield key, section
+    hints = typing.get_type_hints(section, include_extras=True)
+    for field in dataclasses.fields(section):
+        if dataclasses.is_dataclass(hints[field.name]):
+            yield from section_names(hints[field.name], f"{key}.{field.name}" if key else field.name)
+
+
+def section_anchor(key: str) -> str:
+    return key.replace(".", "") if key else "top-level"
+
+
+def section_lines(key: str, section: type) -> list[str]:
+    hints = typing.get_type_hints(section, include_extras=True)
+    docs = field_docs(section)
+    title = f"`{key}`" if key else "Top level"
+    summary = markdown(first_line(section), cell=False)
+    lines = [f"### {title}", "", f"`{section.__module__}.{section.__qualname__}`: {summary}", ""]
+    rows = []
+    for field in dataclasses.fields(section):
+        annotation = hints[field.name]
+        meaning = markdown(docs.get(field.name, ""))
+        if dataclasses.is_dataclass(annotation):
+            nested = f"{key}.{field.name}" if key else field.name
+            kind = "a mapping"
+            default = f"[see below](#{section_anchor(nested)})"
+            meaning = meaning or markdown(first_line(annotation))
+        else:
+            kind = type_words(annotation)
+            if field.default is not dataclasses.MISSING:
+                default = code(yaml_inline(field.default))
+            elif field.default_factory is not dataclasses.MISSING:
+                default = code(yaml_inline(field.default_factory()))
+            else:
+                default = "required"
+        rows.append((code(field.name), kind, default, meaning))
+    return lines + table(("key", "type", "default", "meaning"), rows) + [""]
+
+
+def first_line(obj: Any) -> str:
+    return own_docstring(obj).split("\n", 1)[0]
+
+
+def entry_lines(registry: Registry, entry: Entry) -> list[str]:
+    factory = entry.factory
+    summary = markdown(first_line(factory), cell=False)
+    lines = [f"#### `{entry.name}`", "", f"`{entry.module}.{factory.__qualname__}`: {summary}", ""]
+    docs = parameter_docs(factory)
+    rows = []
+    for param in entry.parameters.values():
+        default = "required" if param.required else code(yaml_inline(param.default))
+        rows.append((code(param.name), type_words(param.annotation), default, markdown(docs.get(param.name, ""))))
+    lines += table(("parameter", "type", "default", "meaning"), rows) if rows else ["No parameters."]
+    notes = []
+    if entry.injected:
+        source = "Set from the data set" if registry is REGISTRIES.get("models") else "Set by the model"
+        notes.append(f"{source}: " + ", ".join(code(name, cell=False) for name in entry.injected) + ".")
+    if entry.tags:
+        tags = [code(f"{key}: {yaml_inline(value)}", cell=False) for key, value in sorted(entry.tags.items())]
+        notes.append("Tags: " + ", ".join(tags) + ".")
+    if notes:
+        lines += ["", *notes]
+    return lines + [""]
+
+
+def built_in(registry: Registry) -> list[Entry]:
+    return [registry[name] for name in registry.list() if registry[name].origin == BUILT_IN]
+
+
+def registry_lines(plural: str, registry: Registry) -> list[str]:
+    lines = [f"### {plural}", ""]
+    article = "An" if registry.kind[0] in "aeiou" else "A"
+    intro = (f"{article} {registry.kind} spec is a mapping whose `name` chooses one of these; "
+             "its other keys are the parameters.")
+    if registry.default is not None:
+        intro += f" `name` may be omitted: it defaults to `{registry.default}`."
+    lines += [intro, f"`flowzoo list {plural}` also shows the {plural} that plugins add.", ""]
+    for entry in built_in(registry):
+        lines += entry_lines(registry, entry)
+    return lines
+
+
+# -- the page -------------------------------------------------------------------------------
+
+
+def generate() -> str:
+    """The text of docs/reference.md."""
+    sections = list(section_names(ExperimentConfig))
+    lines = [
+        "# Config reference",
+        "",
+        f"<!-- Generated by {COMMAND} from the code; do not edit by hand. -->",
+        "",
+        "Every key of an experiment config and every parameter of every built-in component, with its",
+        "type, default and meaning, generated from the code: the config dataclasses, the component",
+        "registries, and their docstrings. Types are written as the validator describes them in its",
+        "error messages; defaults are written as YAML. See [guide.md](guide.md) for how a config is put",
+        "together and [training.md](training.md) for the `trainer` section in depth.",
+        "",
+        "## Contents",
+        "",
+        "- Experiment config: " + ", ".join(
+            f"[{'`' + key + '`' if key else 'top level'}](#{section_anchor(key)})" for key, _ in sections),
+    ]
+    for plural, registry in REGISTRIES.items():
+        names = ", ".join(code(entry.name, cell=False) for entry in built_in(registry))
+        lines.append(f"- [{plural}](#{plural}): {names}")
+    lines += ["", "## Experiment config", ""]
+    lines += [
+        "A config file sets any of these keys; the rest take their defaults. `base: other.yaml` starts",
+        "from another file, `${...}` interpolates, and `key=value` arguments override (see",
+        "[guide.md](guide.md)).",
+        "",
+    ]
+    for key, section in sections:
+        lines += section_lines(key, section)
+    lines += ["## Components", ""]
+    lines += [
+        "Parameters marked \"set by the model\" come from the rest of the config (the latent size, the",
+        "data's shape, ...); a spec must not set them. [plugins.md](plugins.md) shows how to add components.",
+        "",
+    ]
+    for plural, registry in REGISTRIES.items():
+        lines += registry_lines(plural, registry)
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def undocumented() -> list[str]:
+    """Keys and parameters without a description, and ``Args:`` entries naming no parameter."""
+    notes = []
+    for key, section in section_names(ExperimentConfig):
+        docs = field_docs(section)
+        hints = typing.get_type_hints(section, include_extras=True)
+        notes += [f"{key or 'top level'}: {field.name} has no docstring" for field in dataclasses.fields(section)
+                  if field.name not in docs and not dataclasses.is_dataclass(hints[field.name])]
+    for plural, registry in REGISTRIES.items():
+        for entry in built_in(registry):
+            docs = parameter_docs(entry.factory)
+            where = f"{plural} {entry.name} ({entry.module}.{entry.factory.__qualname__})"
+            if not entry.factory.__doc__:
+                notes.append(f"{where}: no docstring")
+            notes += [f"{where}: parameter {name} not described under Args:" for name in entry.parameters
+                      if name not in docs]
+            known = {*entry.parameters, *entry.injected}
+            notes += [f"{where}: Args: describes {name}, which is no parameter" for name in docs if name not in known]
+    return notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if docs/reference.md is out of date")
+    args = parser.parse_args(argv)
+    text = generate()
+    shown = OUTPUT.relative_to(REPO) if OUTPUT.is_relative_to(REPO) else OUTPUT
+    if args.check:
+        current = OUTPUT.read_text(encoding="utf-8") if OUTPUT.is_file() else None
+        if current != text:
+            print(f"{shown} is out of date; run {COMMAND}", file=sys.stderr)
+            return 1
+        print(f"{shown} is up to date")
+        return 0
+    OUTPUT.write_text(text, encoding="utf-8")
+    print(f"wrote {shown}")
+    for note in undocumented():
+        print(f"note: {note}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
