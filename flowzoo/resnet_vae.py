@@ -110,7 +110,7 @@ class ResNetVAE(VariationalModel):
         statistics = []
         for block in self._blocks():
             d, terms = block.up(d)
-            statistics.append(tuple(t.repeat(n, 1, 1, 1) for t in terms))
+            statistics.append(terms if n == 1 else tuple(t.repeat(n, 1, 1, 1) for t in terms))  # training: no copy
         return statistics
 
     def _top_down(
