@@ -253,14 +253,23 @@ def sort_rows(rows: Sequence[Row], key: str) -> list[Row]:
 
 
 def _cells(rows: Sequence[Row]) -> tuple[list[Column], list[list[tuple[str, bool]]]]:
-    """The columns with a value in some row, and each row's cells as (text, marked best)."""
+    """The columns with a value in some row, and each row's cells as (text, marked best).
+
+    Best is decided among the runs on the same data set: nats on MNIST and on CIFAR-10
+    do not compete.
+    """
     columns = [c for c in COLUMNS if any(row[c.key] is not None for row in rows)]
     best = {}
-    for column in columns:
-        values = [row[column.key] for row in rows if row[column.key] is not None]
-        if column.best and len(values) > 1:  # marking a lone value would say nothing
-            best[column.key] = column.best(values)
-    cells = [[(_text(c, row[c.key]), c.key in best and row[c.key] == best[c.key]) for c in columns] for row in rows]
+    for data in {row["data"] for row in rows}:
+        for column in columns:
+            values = [row[column.key] for row in rows if row["data"] == data and row[column.key] is not None]
+            if column.best and len(values) > 1:  # marking a lone value would say nothing
+                best[data, column.key] = column.best(values)
+
+    def is_best(row: Row, column: Column) -> bool:
+        return row[column.key] is not None and best.get((row["data"], column.key)) == row[column.key]
+
+    cells = [[(_text(c, row[c.key]), is_best(row, c)) for c in columns] for row in rows]
     return columns, cells
 
 
@@ -271,7 +280,8 @@ def _text(column: Column, value: Any) -> str:
 
 
 def _notes(rows: Sequence[Row]) -> list[str]:
-    notes = ["Nats per example; best per metric in bold (lowest −ELBO, IWAE bound and bits/dim, highest images/s)."]
+    notes = ["Nats per example; best per metric among the runs on the same data in bold "
+             "(lowest −ELBO, IWAE bound and bits/dim, highest images/s)."]
     samples = sorted({row["iw_samples"] for row in rows if row["iw_samples"] is not None})
     if len(samples) > 1:
         notes.append(f"The IWAE bounds use different K ({', '.join(map(_COUNT, samples))}): "

@@ -50,3 +50,10 @@ def test_training_page_documents_every_trainer_key():
     documented = set(re.findall(r"^\| `([a-z_]+)`(?:, `([a-z_]+)`)?", table, flags=re.M))
     documented = {key for row in documented for key in row if key}
     assert documented == {field.name for field in dataclasses.fields(TrainerConfig)}
+
+
+def test_the_manual_index_links_every_page():
+    index = (REPO / "docs" / "index.md").read_text()
+    linked = set(re.findall(r"\]\(([a-z_]+\.md)(?:#[a-z-]+)?\)", index))
+    pages = {p.name for p in (REPO / "docs").glob("*.md")} - {"index.md"}
+    assert linked == pages

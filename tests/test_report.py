@@ -153,6 +153,29 @@ def test_markdown_marks_the_best_row_of_each_scored_column(runs, unfinished, rep
     assert "bits/dim (ELBO)" not in table[0]  # no run has them
 
 
+def test_best_is_marked_among_the_runs_on_the_same_data(runs, tmp_path):
+    """Copies of the two runs relabelled as another data set, with 1000 nats more: each data set
+    gets its own best mark."""
+    copies = []
+    for name, run in runs.items():
+        copy = tmp_path / f"{name}-other-data"
+        shutil.copytree(run["dir"], copy)
+        config = copy / "config.yaml"
+        config.write_text(config.read_text().replace("name: mnist_subset", "name: other_subset", 1))
+        lines = [json.dumps({**r, "neg_elbo": r["neg_elbo"] + 1000.0}) + "\n" if r["kind"] == "test"
+                 else json.dumps(r) + "\n" for r in map(json.loads, records_text(copy))]
+        (copy / "metrics.jsonl").write_text("".join(lines))
+        copies.append(copy)
+    originals = [run["dir"] for run in runs.values()]
+    assert main(["report", *map(str, originals + copies), "--output", str(tmp_path)]) == 0
+    table = {row["run"]: row for row in markdown_table(tmp_path)}
+    for group, data in ((originals, "mnist_subset"), (copies, "other_subset")):
+        values = {d.name: float(table[d.name]["test −ELBO"].strip("*")) for d in group}
+        assert {table[name]["data"] for name in values} == {data}
+        marked = [name for name in values if table[name]["test −ELBO"].startswith("**")]
+        assert marked == [min(values, key=values.get)], data
+
+
 def test_bits_per_dim_and_other_keys_of_8_bit_runs_are_optional(runs, tmp_path):
     """The test record of an 8-bit image run also has bits/dim and a KL per layer."""
     eight_bit = tmp_path / "iaf-8bit"
