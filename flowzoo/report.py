@@ -144,29 +144,34 @@ def trainable_parameters(checkpoint: Mapping[str, Any]) -> int | None:
 
 
 def training_seconds(records: Iterable[Mapping[str, Any]], batch_size: int) -> float | None:
-    """Seconds spent training and validating, from ``train`` and ``valid`` records.
+    """Seconds spent training and validating, from ``start``, ``train`` and ``valid`` records.
 
     A train record's window took its images (steps since the record before it times
     ``batch_size``) divided by its images/s; a valid record adds the clock time since
-    the record before it: the epoch's last steps and the validation pass. Clock time
-    between train records would also count the time a run was stopped before a resume.
-    None if the first of these records is a valid one (an epoch shorter than
-    ``trainer.log_every`` steps): then none says when training began.
+    the record before it: the epoch's last steps and the validation pass. A start
+    record, written whenever training starts or resumes, only sets the clock, so the
+    time a run was stopped before a resume never counts. None for a run without start
+    records (older runs) whose first record is a valid one: then none says when
+    training began.
 
     Example:
-        >>> training_seconds([{"kind": "train", "time": 5.0, "step": 10, "images_per_second": 200.0},
+        >>> training_seconds([{"kind": "start", "time": 1.0, "step": 0},
+        ...                   {"kind": "valid", "time": 3.0, "step": 5},
+        ...                   {"kind": "train", "time": 5.0, "step": 10, "images_per_second": 200.0},
         ...                   {"kind": "valid", "time": 7.5, "step": 12},
-        ...                   {"kind": "test", "time": 30.0, "step": 12}], batch_size=100)
-        7.5
+        ...                   {"kind": "start", "time": 100.0, "step": 12},
+        ...                   {"kind": "valid", "time": 101.0, "step": 14},
+        ...                   {"kind": "test", "time": 130.0, "step": 14}], batch_size=100)
+        8.0
     """
-    timed = [record for record in records if record["kind"] in ("train", "valid")]
-    if not timed or timed[0]["kind"] != "train":
+    timed = [record for record in records if record["kind"] in ("start", "train", "valid")]
+    if not timed or timed[0]["kind"] == "valid":
         return None
     total = 0.0
     for previous, record in zip([{"step": 0}, *timed], timed):
         if record["kind"] == "train":
             total += (record["step"] - previous["step"]) * batch_size / record["images_per_second"]
-        else:
+        elif record["kind"] == "valid":
             total += record["time"] - previous["time"]
     return total
 
@@ -282,10 +287,11 @@ def _text(column: Column, value: Any) -> str:
 def _notes(rows: Sequence[Row]) -> list[str]:
     notes = ["Nats per example; best per metric among the runs on the same data in bold "
              "(lowest −ELBO, IWAE bound and bits/dim, highest images/s)."]
-    samples = sorted({row["iw_samples"] for row in rows if row["iw_samples"] is not None})
-    if len(samples) > 1:
-        notes.append(f"The IWAE bounds use different K ({', '.join(map(_COUNT, samples))}): "
-                     "compare them at equal K only.")
+    for data in dict.fromkeys(row["data"] for row in rows):
+        samples = sorted({row["iw_samples"] for row in rows if row["data"] == data and row["iw_samples"] is not None})
+        if len(samples) > 1:
+            notes.append(f"The IWAE bounds on {data} use different K ({', '.join(map(_COUNT, samples))}): "
+                         "compare them at equal K only.")
     untested = [row["run"] for row in rows if row["test_neg_elbo"] is None]
     if untested:
         notes.append(f"No test evaluation yet (still training, stopped, or evaluated on valid only): "

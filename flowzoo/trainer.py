@@ -221,6 +221,8 @@ class Trainer:
             self.run.open_tensorboard(purge_step=self.step)
         if self.step == 0:
             self._checkpoint(self.run.last)  # something to roll back to from the first step on
+        if self.workers.is_main:
+            self.run.log("start", step=self.step, epoch=self.epoch)  # when (re)started: see report.training_seconds
         try:
             with training_progress(disable=not self.workers.is_main) as progress:
                 task = progress.add_task("training", total=self.total_steps, completed=self.step, status="")

@@ -148,7 +148,7 @@ def test_markdown_marks_the_best_row_of_each_scored_column(runs, unfinished, rep
     assert unfinished_row["test −ELBO"] == unfinished_row["K"] == "" and unfinished_row["valid −ELBO"]
     text = (report / "report.md").read_text()
     assert f"No test evaluation yet (still training, stopped, or evaluated on valid only): {unfinished.name}." in text
-    assert "The IWAE bounds use different K (2, 6)" in text
+    assert "The IWAE bounds on mnist_subset use different K (2, 6)" in text
     assert all(str(run["dir"]) in text for run in runs.values())
     assert "bits/dim (ELBO)" not in table[0]  # no run has them
 
@@ -174,6 +174,7 @@ def test_best_is_marked_among_the_runs_on_the_same_data(runs, tmp_path):
         assert {table[name]["data"] for name in values} == {data}
         marked = [name for name in values if table[name]["test −ELBO"].startswith("**")]
         assert marked == [min(values, key=values.get)], data
+        assert f"The IWAE bounds on {data} use different K (2, 6)" in (tmp_path / "report.md").read_text()
 
 
 def test_bits_per_dim_and_other_keys_of_8_bit_runs_are_optional(runs, tmp_path):

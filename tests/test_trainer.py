@@ -115,6 +115,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_losses(uninterrupted, tmp_pa
     assert f"resuming {run_dir} at step {state['step']}" in result.stdout
     assert losses(run_dir) == losses(uninterrupted)
     assert load_checkpoint(run_dir / "last.pt")["step"] == 360
+    assert [r["step"] for r in records(run_dir, "start")] == [0, state["step"]]  # the report's train time skips the gap
 
 
 def test_train_resume_flag_continues_the_newest_run_and_refuses_a_changed_config(uninterrupted, tmp_path):
