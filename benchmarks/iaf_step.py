@@ -28,8 +28,8 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
+from flowzoo.console import parameter_count
 from flowzoo.flows.iaf import GatedIAF
-from flowzoo.vae import parameter_count
 
 # The flow step of configs/mnist_iaf.yaml.
 FEATURES = 32

@@ -25,6 +25,7 @@ the plain loop of the same rounds.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import statistics
@@ -140,8 +141,10 @@ class Bench:
         if name == "plain":
             return plain_loop(self.fresh_model(), self.images, args.steps, args.batch_size, self.device)
         config = experiment(args.device, args.steps, args.batch_size, name, self.scratch)
-        run = RunDir.create(self.scratch, name.replace("+", "-"), config)
-        trainer = Trainer(self.fresh_model(), {"train": self.images, "valid": self.valid}, config, run)
+        plain = dataclasses.asdict(config)
+        run = RunDir.create(self.scratch, name.replace("+", "-"), plain)
+        trainer = Trainer(self.fresh_model(), {"train": self.images, "valid": self.valid}, config.trainer, run,
+                          evaluation=config.eval, seed=config.seed, config=plain)
         for method in ("_checkpoint", "_end_epoch"):
             setattr(trainer, method, self._timed(getattr(trainer, method)))
         return trainer.fit

@@ -1,4 +1,4 @@
-"""Rich console output: config panel, parameter table, training progress, results."""
+"""Rich console output: config panel, parameter table, training progress and epoch lines, results."""
 
 from __future__ import annotations
 
@@ -8,14 +8,17 @@ __all__ = [
     "parameter_table",
     "results_table",
     "training_progress",
+    "training_status",
+    "epoch_summary",
+    "parameter_count",
     "METRIC_LABELS",
     "BITS_PER_DIM",
 ]
 
+import math
 from typing import Any, Mapping
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
@@ -23,8 +26,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.syntax import Syntax
 from rich.table import Table
 from torch import nn
-
-from flowzoo.vae import parameter_count
 
 console = Console()
 
@@ -38,11 +39,16 @@ BITS_PER_DIM = {"neg_elbo": "bpd_elbo", "nll_iw": "bpd_iw"}
 """The metric in bits/dim that goes with each bound, for 8-bit images."""
 
 
-def config_panel(config: DictConfig, title: str) -> Panel:
-    """The resolved config as highlighted YAML, short lists on one line."""
-    text = yaml.safe_dump(OmegaConf.to_container(config), sort_keys=False, default_flow_style=None,
+def config_panel(config: dict[str, Any], title: str) -> Panel:
+    """The resolved config (as plain data) as highlighted YAML, short lists on one line."""
+    text = yaml.safe_dump(config, sort_keys=False, default_flow_style=None,
                           allow_unicode=True, width=console.width - 30)  # YAML overshoots its width by an item
     return Panel(Syntax(text.rstrip(), "yaml", background_color="default", word_wrap=True), title=escape(title))
+
+
+def parameter_count(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 def parameter_table(model: nn.Module) -> Table:
@@ -94,3 +100,18 @@ def training_progress(disable: bool = False) -> Progress:
         console=console,
         disable=disable,
     )
+
+
+def training_status(means: Mapping[str, float], rate: float) -> str:
+    """The progress bar's status: the running means of the model's losses, and the speed."""
+    bits = f"  {means['bpd']:.3f} bits/dim" if "bpd" in means else ""
+    return (f"loss {means['loss']:.2f}  −ELBO {means.get('neg_elbo', math.nan):.2f}  "
+            f"KL {means.get('kl', math.nan):.2f}{bits}  {rate:,.0f} img/s")
+
+
+def epoch_summary(epoch: int, valid: Mapping[str, float], best: bool) -> str:
+    """The line printed after each epoch: its validation metrics, marked when the best so far."""
+    mark = " [green](best)" if best else ""
+    bits = f", {valid['bpd_elbo']:.3f} bits/dim" if "bpd_elbo" in valid else ""
+    return (f"epoch {epoch}: valid −ELBO {valid['neg_elbo']:.2f} "
+            f"(recon {valid['recon']:.2f}, KL {valid['kl']:.2f}{bits}){mark}")

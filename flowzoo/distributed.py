@@ -1,23 +1,30 @@
-"""Data-parallel training under ``torchrun``: which process this is, and what it shares.
+"""Devices, and data-parallel training under ``torchrun``: which process this is, and what it shares.
 
 ``torchrun --nproc_per_node N -m flowzoo.cli train CONFIG`` starts N processes with
 ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` set. Each trains a
 :class:`~torch.nn.parallel.DistributedDataParallel` copy of the model on its share of
 every global batch; rank 0 alone prints and writes the run directory. Without those
 variables flowzoo runs as one process and nothing here communicates.
+
+The config's ``trainer.device`` is checked by :func:`check_device` and turned into a
+device by :func:`resolve_device` (each process its own GPU under ``torchrun``).
 """
 
 from __future__ import annotations
 
-__all__ = ["Distributed", "setup_distributed"]
+__all__ = ["Distributed", "setup_distributed", "check_device", "resolve_device"]
 
 import dataclasses
 import os
+import re
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from flowzoo.errors import Problem
+from flowzoo.schema import Resolved
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,3 +101,22 @@ def setup_distributed(cuda: bool) -> Distributed:
         torch.cuda.set_device(local_rank)
     collectives = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return Distributed(dist.get_rank(), dist.get_world_size(), local_rank, collectives)
+
+
+def check_device(value: Any, path: str) -> Resolved:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; a CUDA device must exist on this machine."""
+    if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        return value, [Problem(path, f"expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}")]
+    if value.startswith("cuda") and not torch.cuda.is_available():
+        return value, [Problem(path, f"'{value}' asked for, but this machine has no CUDA device; use 'auto' or 'cpu'")]
+    return value, []
+
+
+def resolve_device(name: str, workers: Distributed = Distributed()) -> torch.device:
+    """``auto`` is a CUDA device if there is one, else the CPU; under ``torchrun`` each
+    process takes the CUDA device of its local rank."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", workers.local_rank if workers.enabled else torch.cuda.current_device())
+    return torch.device(name)

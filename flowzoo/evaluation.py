@@ -2,41 +2,23 @@
 
 from __future__ import annotations
 
-__all__ = ["EvalConfig", "evaluate", "evaluation_settings"]
+__all__ = ["evaluate", "evaluation_settings"]
 
-import dataclasses
 import math
-from typing import Any, Literal, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from flowzoo.config import EvalConfig
 from flowzoo.distributed import Distributed
 from flowzoo.likelihoods import bits_per_dim
-from flowzoo.schema import PositiveInt
 
 
-@dataclasses.dataclass(kw_only=True)
-class EvalConfig:
-    """The ``eval`` section."""
-
-    iw_samples: PositiveInt = 100
-    """K, the importance samples per example for −log p(x); the literature uses 5000."""
-    batch_size: PositiveInt = 100
-    """Examples per batch."""
-    max_batch: PositiveInt = 500
-    """Most (example, sample) pairs decoded in one pass. On 2 CPU cores 500 evaluated 1.6×
-    faster than 10,000 (larger passes spend their time in page faults); raise it on a GPU."""
-    split: Literal["test", "valid"] = "test"
-    """Split evaluated at the end of training and by ``flowzoo eval``."""
-    seed: int = 1234
-    """Seed of the evaluation's own random stream, so numbers repeat exactly."""
-
-
-def evaluation_settings(section: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
-    """The keyword arguments of :func:`evaluate` from an ``eval`` config section."""
-    settings = {key: section[key] for key in ("iw_samples", "batch_size", "max_batch", "seed")}
-    return {**settings, **changes}
+def evaluation_settings(settings: EvalConfig, **changes: Any) -> dict[str, Any]:
+    """The keyword arguments of :func:`evaluate` from the ``eval`` settings, with ``changes``."""
+    chosen = {key: getattr(settings, key) for key in ("iw_samples", "batch_size", "max_batch", "seed")}
+    return {**chosen, **changes}
 
 
 @torch.no_grad()

@@ -9,19 +9,19 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from flowzoo.checkpoint import evaluation_weights, load_checkpoint
-from flowzoo.config import load_config
+from flowzoo.config import EvalConfig, ExperimentConfig, load_config
 from flowzoo.console import config_panel, console, parameter_table, results_table
-from flowzoo.distributed import Distributed, setup_distributed
+from flowzoo.distributed import Distributed, resolve_device, setup_distributed
 from flowzoo.errors import CheckpointError, ConfigError, Problem
 from flowzoo.evaluation import evaluate, evaluation_settings
-from flowzoo.registry import datasets
-from flowzoo.runs import RunDir
-from flowzoo.trainer import Trainer, resolve_device
 from flowzoo.images import image_grid, save_png
-from flowzoo.vae import VariationalModel, build_model
+from flowzoo.registry import datasets, models
+from flowzoo.runs import RunDir
+from flowzoo.trainer import Trainer
+from flowzoo.vae import VariationalModel
 
 RESUMABLE_KEYS = (
     "trainer.epochs",
@@ -46,14 +46,16 @@ class Run:
     metrics: dict[str, float]
 
 
-def train(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (), resume: bool = False) -> Run:
+def train(config: str | Path | Mapping[str, Any] | ExperimentConfig, overrides: Iterable[str] = (),
+          resume: bool = False) -> Run:
     """Validate a config, train its model, and evaluate the best checkpoint.
 
     Nothing is written until the config, the model and the data have all been checked.
     Under ``torchrun`` every process calls this; they train one model together.
 
     Args:
-        config: a YAML file, a mapping, or a config from :func:`~flowzoo.config.load_config`.
+        config: a YAML file, a mapping, or a config from :func:`~flowzoo.config.load_config`
+            (used as it is, without resolving it again, unless there are overrides).
         overrides: ``key=value`` strings applied on top.
         resume: continue the newest run of this config's name in its output directory
             instead of starting a new one; the configs must agree except for
@@ -88,14 +90,14 @@ def _resumable(key: str) -> bool:
     return any(key.startswith(k) if k.endswith(".") else key == k for k in RESUMABLE_KEYS)
 
 
-def _latest_run(config: DictConfig) -> RunDir:
+def _latest_run(config: ExperimentConfig) -> RunDir:
     runs = sorted(Path(config.output_dir).glob(f"{config.name}-*/last.pt"), key=lambda p: p.stat().st_mtime)
     if not runs:
         raise CheckpointError(f"--resume: no run of '{config.name}' with a checkpoint in {config.output_dir}/; "
                               "start one without --resume")
     run = RunDir.open(runs[-1].parent)
     saved = _flatten(OmegaConf.to_container(OmegaConf.load(run.config_file)))
-    now = _flatten(OmegaConf.to_container(config))
+    now = _flatten(dataclasses.asdict(config))
     changed = [Problem(key, f"is {now.get(key)!r} here but {saved.get(key)!r} in {run.config_file}")
                for key in sorted(set(saved) | set(now))
                if saved.get(key) != now.get(key) and not _resumable(key) and key != "output_dir"]  # runs may move
@@ -112,7 +114,7 @@ def _flatten(node: Any, path: str = "") -> dict[str, Any]:
     return {path: node}
 
 
-def _fit(config: DictConfig, run: RunDir | None, state: dict[str, Any] | None) -> Run:
+def _fit(config: ExperimentConfig, run: RunDir | None, state: dict[str, Any] | None) -> Run:
     workers = setup_distributed(cuda=resolve_device(config.trainer.device).type == "cuda")
     try:
         finished = _fit_as(workers, config, run, state)
@@ -122,21 +124,23 @@ def _fit(config: DictConfig, run: RunDir | None, state: dict[str, Any] | None) -
         workers.close()
 
 
-def _fit_as(workers: Distributed, config: DictConfig, run: RunDir | None, state: dict[str, Any] | None) -> Run:
+def _fit_as(workers: Distributed, config: ExperimentConfig, run: RunDir | None,
+            state: dict[str, Any] | None) -> Run:
     console.quiet = not workers.is_main
+    plain = dataclasses.asdict(config)  # what config.yaml and the checkpoints record
     torch.manual_seed(config.seed)  # the same initial weights on every rank
-    dataset = datasets.build(config.data, "data")
-    model = build_model(config.model, dataset.shape)
+    dataset, model = _build(config)
     splits = {split: dataset.load(split) for split in ("train", "valid", "test")}
     torch.manual_seed(config.seed + workers.rank)  # each rank its own sampling noise
     if run is None:
-        path = RunDir.create(config.output_dir, config.name, config).path if workers.is_main else None
+        path = RunDir.create(config.output_dir, config.name, plain).path if workers.is_main else None
         run = RunDir(workers.broadcast(path))
     elif workers.is_main:
-        OmegaConf.save(config, run.config_file)  # a resumed run may have been given more epochs
-    console.print(config_panel(config, title=f"{config.name} → {run.path}"))
+        run.write_config(plain)  # a resumed run may have been given more epochs
+    console.print(config_panel(plain, title=f"{config.name} → {run.path}"))
     console.print(parameter_table(model))
-    trainer = Trainer(model, splits, config, run, workers, train_transform=getattr(dataset, "train_transform", None))
+    trainer = Trainer(model, splits, config.trainer, run, evaluation=config.eval, seed=config.seed, config=plain,
+                      workers=workers, train_transform=getattr(dataset, "train_transform", None))
     if state is not None:
         trainer.load_state_dict(state)
         console.print(f"resuming {run.path} at step {trainer.step:,} (epoch {trainer.epoch + 1}, "
@@ -145,7 +149,7 @@ def _fit_as(workers: Distributed, config: DictConfig, run: RunDir | None, state:
     workers.barrier()  # best.pt is complete before any rank reads it
     best = load_checkpoint(run.best, map_location=trainer.device)
     model.load_state_dict(evaluation_weights(best))
-    metrics = _evaluate(model, splits[config.eval.split], config, workers)
+    metrics = _evaluate(model, splits[config.eval.split], config.eval, workers)
     if workers.is_main:
         run.log("test" if config.eval.split == "test" else "eval", step=best["step"], epoch=best["epoch"],
                 split=config.eval.split, **metrics)
@@ -157,7 +161,7 @@ def _fit_as(workers: Distributed, config: DictConfig, run: RunDir | None, state:
     return Run(run, model, metrics)
 
 
-def load_run(run_dir: str | Path, overrides: Iterable[str] = ()) -> tuple[DictConfig, VariationalModel, Any]:
+def load_run(run_dir: str | Path, overrides: Iterable[str] = ()) -> tuple[ExperimentConfig, VariationalModel, Any]:
     """The config, model (best weights, on the configured device) and data set of a saved run.
 
     Only the ``eval`` section and ``trainer.device`` may be overridden: the rest
@@ -170,8 +174,7 @@ def load_run(run_dir: str | Path, overrides: Iterable[str] = ()) -> tuple[DictCo
         raise ConfigError([Problem(item.partition("=")[0], "only eval.* and trainer.device can be changed "
                                    "when loading a saved run") for item in fixed])
     config = load_config(run.config_file, overrides)
-    dataset = datasets.build(config.data, "data")
-    model = build_model(config.model, dataset.shape)
+    dataset, model = _build(config)
     checkpoint = load_checkpoint(run.best)
     try:
         model.load_state_dict(evaluation_weights(checkpoint))
@@ -185,7 +188,7 @@ def evaluate_run(run_dir: str | Path, overrides: Iterable[str] = ()) -> dict[str
     """Evaluate a saved run's best checkpoint (``flowzoo eval RUN_DIR``) and log the result."""
     config, model, dataset = load_run(run_dir, overrides)
     run = RunDir(run_dir)
-    metrics = _evaluate(model, dataset.load(config.eval.split), config)
+    metrics = _evaluate(model, dataset.load(config.eval.split), config.eval)
     run.log("eval", split=config.eval.split, **metrics)
     caption = f"{metrics['examples']:,} images; {run.best}"
     console.print(results_table(metrics, title=f"{config.eval.split} metrics (nats per example)", caption=caption))
@@ -227,8 +230,13 @@ def sample_run(run_dir: str | Path, overrides: Iterable[str] = (), *, count: int
     return written
 
 
-def _evaluate(model: VariationalModel, images: torch.Tensor, config: DictConfig,
+def _build(config: ExperimentConfig) -> tuple[Any, VariationalModel]:
+    """The data set and the model of a resolved config, built without checking the specs again."""
+    dataset = datasets.instantiate(config.data, "data")
+    return dataset, models.instantiate(config.model, "model", data_shape=tuple(dataset.shape))
+
+
+def _evaluate(model: VariationalModel, images: torch.Tensor, settings: EvalConfig,
               workers: Distributed = Distributed()) -> dict[str, float]:
-    settings = config.eval
     with console.status(f"evaluating on {len(images):,} {settings.split} images with K={settings.iw_samples}"):
         return evaluate(model, images, workers=workers, **evaluation_settings(settings))

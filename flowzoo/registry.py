@@ -9,6 +9,11 @@ Some parameters are *injected*: the model supplies them from the rest of the con
 (a flow's ``features`` is the latent size, an encoder's ``input_shape`` comes from
 the data set), so a spec must not set them.
 
+A spec is resolved once (:meth:`Registry.resolve`: completed with its defaults and
+checked, nested specs in turn) and then built from without further checks
+(:meth:`Registry.instantiate`); :meth:`Registry.build` does both, for specs written
+by hand.
+
 Example:
     >>> from flowzoo.registry import flows, list_flows
     >>> "iaf" in list_flows()
@@ -68,7 +73,7 @@ from torch import nn
 
 from flowzoo.errors import ConfigError, FlowzooError, Problem, did_you_mean
 from flowzoo.plugins import load_entry_points, origin_of
-from flowzoo.schema import Checked, check_value, checked_by, describe, to_plain
+from flowzoo.schema import Checked, Resolved, describe, resolve_value
 
 
 class RegistryError(FlowzooError):
@@ -131,9 +136,9 @@ class Registry:
 
     @property
     def spec(self) -> Any:
-        """The annotation of a config value that is a spec of this kind, checked and completed by this registry."""
+        """The annotation of a config value that is a spec of this kind, resolved by this registry."""
         article = "an" if self.kind[0] in "aeiou" else "a"
-        return typing.Annotated[dict, Checked(self.check, f"{article} {self.kind} spec", self.with_defaults)]
+        return typing.Annotated[dict, Checked(self.resolve, f"{article} {self.kind} spec")]
 
     def register(self, name: str, **tags: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator registering a class or function under ``name``, with optional tags."""
@@ -189,21 +194,32 @@ class Registry:
         """Registered names matching a shell-style pattern, sorted."""
         return sorted(n for n in self.entries if fnmatch.fnmatchcase(n, pattern))
 
-    def check(self, spec: Any, path: str) -> list[Problem]:
-        """Every problem with a spec ``{name: ..., **params}``, without building it."""
-        spec = to_plain(spec)
+    def resolve(self, spec: Any, path: str) -> Resolved:
+        """Complete and check a spec ``{name: ..., **params}`` in one pass, without building it.
+
+        Returns the spec with its name and every parameter, given or default, in
+        signature order (nested specs resolved in turn): what a run's resolved config
+        records and :meth:`instantiate` builds. And every problem with it: unknown or
+        injected keys, missing parameters, values that do not match their annotations.
+
+        Example:
+            >>> spec, problems = flows.resolve({"name": "iaf", "hidden_features": 8}, "flow")
+            >>> spec["hidden_layers"], problems
+            (2, [])
+        """
         if not isinstance(spec, Mapping):
-            return [Problem(path, f"expected a mapping with a 'name' key choosing a {self.kind}")]
+            return spec, [Problem(path, f"expected a mapping with a 'name' key choosing a {self.kind}")]
         name = spec.get("name", self.default)
         if name is None:
-            return [Problem(f"{path}.name", f"missing. {did_you_mean('', self.list(), kind=self.kind + 's')}")]
+            return spec, [Problem(f"{path}.name", f"missing. {did_you_mean('', self.list(), kind=self.kind + 's')}")]
         if not isinstance(name, str):
-            return [Problem(f"{path}.name", f"expected the name of a {self.kind}, got {name!r}")]
+            return spec, [Problem(f"{path}.name", f"expected the name of a {self.kind}, got {name!r}")]
         if name not in self.entries:
-            return [Problem(f"{path}.name", f"unknown {self.kind} '{name}'. {did_you_mean(name, self.list())}")]
+            return spec, [Problem(f"{path}.name", f"unknown {self.kind} '{name}'. {did_you_mean(name, self.list())}")]
         entry = self.entries[name]
-        problems = []
-        for key, value in spec.items():
+        problems: list[Problem] = []
+        given = {}
+        for key, value in spec.items():  # in the order written, so problems are reported in that order
             if key == "name":
                 continue
             if key in entry.injected or key in self.injected:
@@ -212,50 +228,29 @@ class Registry:
                 hint = did_you_mean(key, entry.parameters, kind=f"parameters of {self.kind} '{name}'")
                 problems.append(Problem(f"{path}.{key}", f"unknown parameter. {hint}"))
             else:
-                problems += check_value(value, entry.parameters[key].annotation, f"{path}.{key}")
+                given[key], found = resolve_value(value, entry.parameters[key].annotation, f"{path}.{key}")
+                problems += found
+        resolved: dict[str, Any] = {"name": name}
         for param in entry.parameters.values():
-            if param.required and param.name not in spec:
+            if param.name in given:
+                resolved[param.name] = given[param.name]
+            elif param.required:
                 problems.append(Problem(f"{path}.{param.name}", f"missing (expected {describe(param.annotation)})"))
-        return problems
-
-    def with_defaults(self, spec: Any) -> Any:
-        """A spec with its name and every parameter's default filled in, in signature
-        order, and nested specs completed in turn (anything that is not a spec of a
-        known component is returned as it is): what a run's resolved config records.
-
-        Example:
-            >>> flows.with_defaults({"name": "iaf", "hidden_features": 8})["hidden_layers"]
-            2
-        """
-        if not isinstance(spec, Mapping) or spec.get("name", self.default) not in self.entries:
-            return spec
-        entry = self.entries[spec.get("name", self.default)]
-        completed: dict[str, Any] = {"name": entry.name}
-        for param in entry.parameters.values():
-            if param.name in spec:
-                value = spec[param.name]
-            elif not param.required:
-                value = _yaml(param.default)
             else:
-                continue
-            checked = checked_by(param.annotation)
-            completed[param.name] = checked.complete(value) if checked is not None and checked.complete else value
-        return {"name": entry.name, **spec, **completed}  # unknown keys stay, so that validation reports them
+                resolved[param.name], found = resolve_value(_yaml(param.default), param.annotation,
+                                                            f"{path}.{param.name}")
+                problems += found
+        return resolved, problems
 
-    def build(self, spec: Mapping[str, Any], path: str, **injected: Any) -> Any:
-        """Check a spec and build the component, passing the injected values it accepts.
-
-        A component that builds parts of its own from specs reports their problems in
-        a :class:`ConfigError` with paths relative to its own spec (``flows[0].name``);
-        they are reported here under ``path``.
+    def instantiate(self, spec: Mapping[str, Any], path: str, **injected: Any) -> Any:
+        """Build the component of a resolved spec (see :meth:`resolve`), passing the injected
+        values it accepts; nothing is checked again.
 
         Raises:
-            ConfigError: the spec is invalid or the component rejected its values.
+            ConfigError: the component rejected its values (a ``ValueError``), located at
+                ``path``; or parts it builds from specs of their own did, reported by it
+                with paths relative to its own spec (``flows[0]``) and here under ``path``.
         """
-        spec = to_plain(spec)
-        problems = self.check(spec, path)
-        if problems:
-            raise ConfigError(problems)
         entry = self.entries[spec.get("name", self.default)]
         params = {k: _plain(v) for k, v in spec.items() if k != "name"}
         params.update({k: v for k, v in injected.items() if k in entry.injected})
@@ -265,6 +260,17 @@ class Registry:
             raise ConfigError([Problem(_within(path, p.path), p.message) for p in error.problems]) from error
         except ValueError as error:
             raise ConfigError([Problem(path, f"{self.kind} '{entry.name}': {error}")]) from error
+
+    def build(self, spec: Mapping[str, Any], path: str, **injected: Any) -> Any:
+        """Resolve a spec written by hand and build its component (:meth:`resolve`, then :meth:`instantiate`).
+
+        Raises:
+            ConfigError: listing every problem with the spec, or the component rejected its values.
+        """
+        resolved, problems = self.resolve(spec, path)
+        if problems:
+            raise ConfigError(problems)
+        return self.instantiate(resolved, path, **injected)
 
 
 def _plain(value: Any) -> Any:

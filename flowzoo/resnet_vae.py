@@ -81,13 +81,13 @@ class ResNetVAE(VariationalModel):
         if height % factor or image_width % factor:
             raise ValueError(f"{height}×{image_width} images cannot be halved {levels} times (once by the input "
                              f"convolution, once per level after the first); use fewer levels")
-        self.likelihood = likelihoods.build(likelihood, "likelihood")
+        self.likelihood = likelihoods.instantiate(likelihood, "likelihood")  # specs are resolved with the model's
         try:
             self.levels = nn.ModuleList(
                 nn.ModuleList(
-                    blocks.build(block, "block", width=width, latent_channels=latent_channels,
-                                 downsample=level > 0 and index == 0,
-                                 top=level == levels - 1 and index == blocks_per_level - 1)
+                    blocks.instantiate(block, "block", width=width, latent_channels=latent_channels,
+                                       downsample=level > 0 and index == 0,
+                                       top=level == levels - 1 and index == blocks_per_level - 1)
                     for index in range(blocks_per_level)
                 )
                 for level in range(levels)

@@ -19,9 +19,9 @@ __all__ = ["RunDir"]
 import json
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
-from omegaconf import DictConfig, OmegaConf
+import yaml
 
 from flowzoo.errors import CheckpointError
 from flowzoo.images import save_png
@@ -41,8 +41,8 @@ class RunDir:
         self._writer = None
 
     @classmethod
-    def create(cls, output_dir: str | Path, name: str, config: DictConfig) -> "RunDir":
-        """A new, uniquely named run directory holding ``config``."""
+    def create(cls, output_dir: str | Path, name: str, config: Mapping[str, Any]) -> "RunDir":
+        """A new, uniquely named run directory holding ``config`` (the resolved config as plain data)."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         base = Path(output_dir) / f"{name}-{stamp}"
         path, suffix = base, 1
@@ -51,7 +51,7 @@ class RunDir:
             path = base.with_name(f"{base.name}-{suffix}")
         path.mkdir(parents=True)
         run = cls(path)
-        OmegaConf.save(config, run.config_file)
+        run.write_config(config)
         return run
 
     @classmethod
@@ -61,6 +61,10 @@ class RunDir:
         if not run.config_file.is_file():
             raise CheckpointError(f"{run.path} is not a flowzoo run directory (no config.yaml in it)")
         return run
+
+    def write_config(self, config: Mapping[str, Any]) -> None:
+        """Write the resolved config (as plain data) to ``config.yaml``."""
+        self.config_file.write_text(yaml.safe_dump(dict(config), sort_keys=False, allow_unicode=True))
 
     def open_tensorboard(self, purge_step: int = 0) -> None:
         """Also write scalars and images as TensorBoard events from now on.

@@ -3,6 +3,9 @@
 A parameter annotated ``PositiveInt`` in a flow's ``__init__`` and a field annotated
 ``PositiveInt`` in the experiment schema are checked by the same code, so a
 component author gets config validation by writing an ordinary signature.
+:func:`resolve_value` completes and checks a value against its annotation in one
+pass; values that are more than plain values (a component spec, a list of flows, a
+device) say how with :class:`Checked` metadata.
 """
 
 from __future__ import annotations
@@ -10,38 +13,29 @@ from __future__ import annotations
 __all__ = [
     "Range",
     "Checked",
+    "Resolved",
     "checked_by",
     "PositiveInt",
     "NonNegativeInt",
     "PositiveFloat",
     "NonNegativeFloat",
     "UnitInterval",
-    "check_value",
+    "resolve_value",
     "describe",
-    "suggest_key",
-    "section_problems",
-    "with_defaults",
-    "to_plain",
+    "show",
 ]
 
 import collections.abc
-import dataclasses
 import math
 import types
 import typing
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Mapping, Union
+from typing import Annotated, Any, Literal, Union
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from flowzoo.errors import Problem
 
-from flowzoo.errors import Problem, did_you_mean
-
-
-def to_plain(value: Any) -> Any:
-    """OmegaConf containers as plain dicts and lists; anything else unchanged."""
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
+Resolved = tuple[Any, list[Problem]]
+"""A value completed with its defaults, and every problem found with it (none: the value is valid)."""
 
 
 @dataclass(frozen=True)
@@ -69,18 +63,17 @@ class Range:
 @dataclass(frozen=True)
 class Checked:
     """Metadata for values that are more than plain values, used as
-    ``Annotated[dict, Checked(check, doc)]``: a component spec, a list of flows, a device.
+    ``Annotated[dict, Checked(resolve, doc)]``: a component spec, a list of flows, a device.
 
     Args:
-        check: ``check(value, path) -> list[Problem]``.
+        resolve: ``resolve(value, path) -> (value, problems)``: the value completed
+            (a component spec gets its name and parameter defaults) and every problem
+            with it, located under ``path``.
         doc: what is expected, in words ("an encoder spec").
-        complete: ``complete(value) -> value`` filling in defaults, if any (a
-            component spec's name and parameter defaults).
     """
 
-    check: typing.Callable[[Any, str], list[Problem]]
+    resolve: typing.Callable[[Any, str], Resolved]
     doc: str
-    complete: typing.Callable[[Any], Any] | None = None
 
 
 def checked_by(annotation: Any) -> Checked | None:
@@ -138,44 +131,48 @@ def _plural(noun: str) -> str:
     return noun
 
 
-def check_value(value: Any, annotation: Any, path: str) -> list[Problem]:
-    """Check a plain (YAML-loaded) value against an annotation.
+def resolve_value(value: Any, annotation: Any, path: str) -> Resolved:
+    """Complete and check a plain (YAML-loaded) value against an annotation, in one pass.
 
-    Returns one problem describing what was expected (one per bad item of a list),
-    or none. Integers are accepted where numbers are expected; booleans are not
-    accepted as numbers.
+    A :class:`Checked` annotation resolves the value itself; the items of a list are
+    resolved one by one (one problem per bad item); any other value is returned as it
+    is, with one problem describing what was expected if it does not match. Integers
+    are accepted where numbers are expected; booleans are not accepted as numbers.
 
     Example:
-        >>> check_value(-3, PositiveInt, "model.latent_size")
-        [Problem(path='model.latent_size', message='expected an integer ≥ 1, got -3')]
+        >>> resolve_value(-3, PositiveInt, "model.latent_size")
+        (-3, [Problem(path='model.latent_size', message='expected an integer ≥ 1, got -3')])
+        >>> resolve_value([16, 0], list[PositiveInt], "hidden_sizes")[1]
+        [Problem(path='hidden_sizes[1]', message='expected an integer ≥ 1, got 0')]
     """
     checked = checked_by(annotation)
     if checked is not None:
-        return checked.check(value, path)
-    if _matches(value, annotation, path):
-        return []
+        return checked.resolve(value, path)
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (list, tuple, collections.abc.Sequence) and args and isinstance(value, (list, tuple)):
-        return [p for i, item in enumerate(value) for p in check_value(item, args[0], f"{path}[{i}]")]
-    return [Problem(path, f"expected {describe(annotation)}, got {_show(value)}")]
+        items = [resolve_value(item, args[0], f"{path}[{i}]") for i, item in enumerate(value)]
+        return [item for item, _ in items], [problem for _, found in items for problem in found]
+    if _matches(value, annotation):
+        return value, []
+    return value, [Problem(path, f"expected {describe(annotation)}, got {show(value)}")]
 
 
-def _matches(value: Any, annotation: Any, path: str) -> bool:
+def _matches(value: Any, annotation: Any) -> bool:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if annotation is Any:
         return True
     if origin is Annotated:
         ranges = [meta for meta in args[1:] if isinstance(meta, Range)]
-        return _matches(value, args[0], path) and all(r.check(value) for r in ranges)
+        return _matches(value, args[0]) and all(r.check(value) for r in ranges)
     if origin is Literal:
         return value in args
     if origin in (Union, types.UnionType):
-        return any(_matches(value, arg, path) for arg in args)
+        return any(_matches(value, arg) for arg in args)
     if origin in (list, tuple, collections.abc.Sequence):
         if not isinstance(value, (list, tuple)):
             return False
         item = args[0] if args else Any
-        return all(_matches(v, item, path) for v in value)
+        return all(_matches(v, item) for v in value)
     if origin in (dict, collections.abc.Mapping) or annotation in (dict, collections.abc.Mapping):
         return isinstance(value, dict)
     if annotation is type(None) or annotation is None:
@@ -189,7 +186,8 @@ def _matches(value: Any, annotation: Any, path: str) -> bool:
     return True
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
+    """A value as an error message shows it: strings quoted, YAML's words for null and booleans."""
     if isinstance(value, str):
         return repr(value)
     if value is None:
@@ -201,63 +199,3 @@ def _show(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "a list"
     return repr(value)
-
-
-def suggest_key(key: str, valid: typing.Iterable[str]) -> str:
-    """Message for an unknown key, with the closest valid key."""
-    return f"unknown key '{key}'. {did_you_mean(key, valid, kind='keys')}"
-
-
-# Config sections are keyword-only dataclasses: a field without a default is required,
-# and a field annotated with :class:`Checked` metadata is validated (and completed) by it.
-
-
-def section_problems(section: type, value: Any, path: str) -> list[Problem]:
-    """Every problem with ``value`` as an instance of the config ``section``: unknown
-    keys (with the closest valid key), missing keys, wrong types, bad components."""
-    if not isinstance(value, Mapping):
-        return [Problem(path, f"expected a mapping, got {_show(value)}")]
-    fields = {f.name: f for f in dataclasses.fields(section)}
-    hints = typing.get_type_hints(section, include_extras=True)
-    problems = [Problem(_join(path, key), suggest_key(key, fields)) for key in value if key not in fields]
-    for name, field in fields.items():
-        field_path = _join(path, name)
-        if name not in value:
-            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-                problems.append(Problem(field_path, f"missing (expected {describe(hints[name])})"))
-            continue
-        if dataclasses.is_dataclass(hints[name]):
-            problems += section_problems(hints[name], value[name], field_path)
-        else:
-            problems += check_value(value[name], hints[name], field_path)
-    return problems
-
-
-def with_defaults(section: type, value: Mapping[str, Any]) -> dict[str, Any]:
-    """``value`` completed with the section's defaults; nested sections are completed
-    key by key, fields with a :class:`Checked` ``complete`` by it (a component spec
-    gets its name and parameter defaults), other values are taken whole."""
-    if not isinstance(value, Mapping):
-        return value  # reported by section_problems
-    hints = typing.get_type_hints(section, include_extras=True)
-    result: dict[str, Any] = dict(value)  # unknown keys stay, so that validation reports them
-    for field in dataclasses.fields(section):
-        annotation = hints[field.name]
-        if dataclasses.is_dataclass(annotation):
-            result[field.name] = with_defaults(annotation, value.get(field.name, {}))
-            continue
-        if field.name in value:
-            given = value[field.name]
-        elif field.default is not dataclasses.MISSING:
-            given = field.default
-        elif field.default_factory is not dataclasses.MISSING:
-            given = field.default_factory()
-        else:
-            continue
-        checked = checked_by(annotation)
-        result[field.name] = checked.complete(given) if checked is not None and checked.complete else given
-    return result
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key

@@ -14,9 +14,8 @@ __all__ = [
     "VAE",
     "compose_vae",
     "build_model",
-    "check_flows",
+    "resolve_flows",
     "flow_specs",
-    "parameter_count",
 ]
 
 from typing import Annotated, Any, Iterable, Mapping, Sequence
@@ -30,7 +29,7 @@ from flowzoo.likelihoods import bits_per_dim
 from flowzoo.priors import StandardNormal
 from flowzoo.registry import decoders, encoders, likelihoods, models, posteriors, priors, register_model
 from flowzoo.registry import flows as flow_registry
-from flowzoo.schema import Checked, NonNegativeInt, PositiveInt, check_value
+from flowzoo.schema import Checked, NonNegativeInt, PositiveInt, Resolved, resolve_value
 
 
 class VariationalModel(nn.Module):
@@ -217,24 +216,30 @@ class VAE(VariationalModel):
 _FLOW_KEYS: dict[str, Any] = {"repeat": PositiveInt, "between": str | None}
 
 
-def check_flows(flows_config: Any, path: str) -> list[Problem]:
-    """Every problem with a list of flow specs; each may also set ``repeat`` and ``between``."""
+def resolve_flows(flows_config: Any, path: str) -> Resolved:
+    """A list of flow specs, each completed and checked by the flows registry; an entry
+    may also set ``repeat`` and ``between`` (kept as written)."""
     if not isinstance(flows_config, list):
-        return [Problem(path, "expected a list of flow specs")]
-    problems = []
+        return flows_config, [Problem(path, "expected a list of flow specs")]
+    resolved, problems = [], []
     for i, entry in enumerate(flows_config):
         entry_path = f"{path}[{i}]"
         if not isinstance(entry, Mapping):
             problems.append(Problem(entry_path, "expected a mapping with a 'name' key choosing a flow"))
+            resolved.append(entry)
             continue
+        extras = {}
         for key, annotation in _FLOW_KEYS.items():
             if key in entry:
-                problems += check_value(entry[key], annotation, f"{entry_path}.{key}")
-        problems += flow_registry.check({k: v for k, v in entry.items() if k not in _FLOW_KEYS}, entry_path)
+                extras[key], found = resolve_value(entry[key], annotation, f"{entry_path}.{key}")
+                problems += found
+        spec, found = flow_registry.resolve({k: v for k, v in entry.items() if k not in _FLOW_KEYS}, entry_path)
+        problems += found
         if isinstance(entry.get("between"), str):  # a bare name: its problems belong to `between`, not `between.name`
-            between = flow_registry.check({"name": entry["between"]}, f"{entry_path}.between")
+            _, between = flow_registry.resolve({"name": entry["between"]}, f"{entry_path}.between")
             problems += [Problem(p.path.removesuffix(".name"), p.message) for p in between]
-    return problems
+        resolved.append({**spec, **extras})
+    return resolved, problems
 
 
 def flow_specs(flows_config: Sequence[Mapping[str, Any]], path: str = "model.flows") -> list[tuple[str, dict]]:
@@ -257,16 +262,7 @@ def flow_specs(flows_config: Sequence[Mapping[str, Any]], path: str = "model.flo
     return steps
 
 
-def complete_flows(flows_config: Any) -> Any:
-    """Each flow spec of a list completed with its defaults (``repeat`` and ``between`` kept)."""
-    if not isinstance(flows_config, list):
-        return flows_config
-    return [flow_registry.with_defaults(entry) for entry in flows_config]
-
-
-FlowList = Annotated[
-    list, Checked(check_flows, "a list of flow specs, each optionally with repeat and between", complete_flows)
-]
+FlowList = Annotated[list, Checked(resolve_flows, "a list of flow specs, each optionally with repeat and between")]
 
 
 @register_model("vae")
@@ -306,9 +302,9 @@ def compose_vae(
     """
     problems: list[Problem] = []
 
-    def build(registry, spec, spec_path: str, **injected):
+    def build(registry, spec, spec_path: str, **injected):  # specs were resolved with the model's: build only
         try:
-            return registry.build(spec, spec_path, **injected)
+            return registry.instantiate(spec, spec_path, **injected)
         except ConfigError as error:
             problems.extend(error.problems)
 
@@ -336,6 +332,9 @@ def compose_vae(
 def build_model(spec: Mapping[str, Any], data_shape: Sequence[int], path: str = "model") -> VariationalModel:
     """Build the model a ``model`` config section describes, for data of shape ``data_shape``.
 
+    The section is resolved once, its nested specs with it, and the model is built
+    from the result (:meth:`~flowzoo.registry.Registry.build`).
+
     Raises:
         ConfigError: listing every problem in the section.
 
@@ -349,9 +348,4 @@ def build_model(spec: Mapping[str, Any], data_shape: Sequence[int], path: str = 
         ('VAE', 4)
     """
     return models.build(spec, path, data_shape=tuple(data_shape))
-
-
-def parameter_count(module: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 

@@ -32,16 +32,16 @@ import flowzoo  # noqa: F401  (importing the package registers the built-in comp
 from flowzoo.config import ExperimentConfig
 from flowzoo.registry import REGISTRIES, Entry, Registry
 from flowzoo.schema import checked_by, describe
-from flowzoo.vae import check_flows
+from flowzoo.vae import resolve_flows
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "docs" / "reference.md"
 COMMAND = "python scripts/config_reference.py"
 BUILT_IN = "built-in"
 
-# Checked annotations whose values are specs of a registry without being checked by the
+# Checked annotations whose values are specs of a registry without being resolved by the
 # registry itself: the model's list of flows.
-_SPEC_LISTS: dict[Callable[..., Any], str] = {check_flows: "flows"}
+_SPEC_LISTS: dict[Callable[..., Any], str] = {resolve_flows: "flows"}
 
 
 # -- text -----------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ def type_words(annotation: Any) -> str:
     if checked is None:
         return words
     for plural, registry in REGISTRIES.items():
-        if checked.check == registry.check or _SPEC_LISTS.get(checked.check) == plural:
+        if checked.resolve == registry.resolve or _SPEC_LISTS.get(checked.resolve) == plural:
             return f"[{words}](#{plural})"
     return words
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from flowzoo.cli import main
@@ -210,7 +210,7 @@ def run_dir(tmp_path) -> Path:
     """A hand-made run directory: the resolved configs/mnist_vae.yaml and no checkpoint yet."""
     run = tmp_path / "run"
     run.mkdir()
-    OmegaConf.save(load_config(REPO / "configs" / "mnist_vae.yaml"), run / "config.yaml")
+    RunDir(run).write_config(dataclasses.asdict(load_config(REPO / "configs" / "mnist_vae.yaml")))
     return run
 
 

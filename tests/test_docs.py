@@ -44,7 +44,7 @@ def test_docs_python_examples_run(document, tmp_path):
 def test_training_page_documents_every_trainer_key():
     import dataclasses
 
-    from flowzoo.trainer import TrainerConfig
+    from flowzoo.config import TrainerConfig
 
     table = (REPO / "docs" / "training.md").read_text().split("## What you see")[0]
     documented = set(re.findall(r"^\| `([a-z_]+)`(?:, `([a-z_]+)`)?", table, flags=re.M))

@@ -9,9 +9,8 @@ import re
 import pytest
 
 from conftest import REPO
-from flowzoo.evaluation import EvalConfig
+from flowzoo.config import EvalConfig, TrainerConfig
 from flowzoo.registry import REGISTRIES, flows, register_flow
-from flowzoo.trainer import TrainerConfig
 
 _spec = importlib.util.spec_from_file_location("config_reference", REPO / "scripts" / "config_reference.py")
 config_reference = importlib.util.module_from_spec(_spec)

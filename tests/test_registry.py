@@ -77,15 +77,15 @@ def test_registry_by_kind_name():
 def test_every_default_is_a_valid_value_of_its_parameter(kind, name):
     """The defaults a resolved config records must pass the checks a config's values do."""
     registry = REGISTRIES[kind]
-    spec = registry.with_defaults({"name": name})
+    _, problems = registry.resolve({"name": name}, kind)  # every default is filled in and checked
     required = [p for p in registry[name].parameters.values() if p.required]
-    assert registry.check(spec, kind) == [Problem(f"{kind}.{p.name}", f"missing (expected {describe(p.annotation)})")
-                                          for p in required]
+    assert problems == [Problem(f"{kind}.{p.name}", f"missing (expected {describe(p.annotation)})")
+                        for p in required]
 
 
 def test_a_spec_without_a_name_is_the_registrys_default():
     assert models.default == "vae"
-    spec = models.with_defaults({"latent_size": 2, "encoder": {"name": "mlp"}, "decoder": {"name": "mlp"}})
+    spec, _ = models.resolve({"latent_size": 2, "encoder": {"name": "mlp"}, "decoder": {"name": "mlp"}}, "model")
     assert list(spec)[:2] == ["name", "latent_size"] and spec["name"] == "vae"
     assert spec["posterior"] == {"name": "diagonal_gaussian"} and spec["flows"] == []
     assert spec["encoder"]["hidden_sizes"] == [300, 300]  # nested specs are completed too

@@ -156,11 +156,11 @@ def test_interpolations_run_between_the_two_reconstructions(spec, shape):
 @pytest.mark.parametrize("config", ["cifar_iaf", "cifar_vae", "mnist_resnet_iaf"])
 def test_the_configs_build_the_models_they_describe(config):
     resolved = load_config(REPO / "configs" / f"{config}.yaml")
-    shape = (1, 28, 28) if resolved.data.name == "mnist_dynamic" else (3, 32, 32)
+    shape = (1, 28, 28) if resolved.data["name"] == "mnist_dynamic" else (3, 32, 32)
     model = build_model(resolved.model, shape)
     expected = "IAFBlock" if "iaf" in config else "GaussianBlock"
     assert {type(block).__name__ for level in model.levels for block in level} == {expected}
-    assert len(model.layer_names) == resolved.model.levels * resolved.model.blocks_per_level
+    assert len(model.layer_names) == resolved.model["levels"] * resolved.model["blocks_per_level"]
 
 
 @pytest.mark.parametrize(
