@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,6 +34,34 @@ def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess
         text=True,
         timeout=900,
     )
+
+
+# A tiny experiment on the first images of real static binarized MNIST
+# (tests/fixtures/subset_data.py, imported from FIXTURES): 120 steps of 25 per epoch,
+# seconds on a CPU. Tests change it with tiny_config.
+TINY = {
+    "name": "tiny",
+    "plugins": ["subset_data"],
+    "data": {"name": "mnist_subset", "train": 3000, "valid": 500, "test": 500},
+    "model": {
+        "latent_size": 8,
+        "context_size": 16,
+        "encoder": {"name": "mlp", "hidden_sizes": [64]},
+        "decoder": {"name": "mlp", "hidden_sizes": [64]},
+        "flows": [{"name": "iaf", "hidden_features": 32, "repeat": 2, "between": "reverse"}],
+    },
+    "trainer": {"epochs": 3, "batch_size": 25, "log_every": 10, "checkpoint_every": 40, "device": "cpu",
+                "picture_count": 16},
+    "eval": {"iw_samples": 2, "split": "valid"},
+}
+
+
+def tiny_config(**sections) -> dict:
+    """A copy of :data:`TINY` with sections changed: a mapping updates the section's keys, anything else replaces it."""
+    config = json.loads(json.dumps(TINY))
+    for key, changes in sections.items():
+        config[key] = {**config.get(key, {}), **changes} if isinstance(changes, dict) else changes
+    return config
 
 
 # A small version of configs/mnist_iaf.yaml: 500 steps (one epoch) on real binarized MNIST.

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
+import flowzoo.registry
 from flowzoo.config import load_config
 from flowzoo.errors import ConfigError
+from flowzoo.experiment import train
+from flowzoo.registry import Registry, flows
 from flowzoo.vae import build_model
 
-from conftest import REPO, run_cli
+from conftest import FIXTURES, REPO, run_cli, tiny_config
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
@@ -171,3 +175,30 @@ def test_a_missing_or_cyclic_base_is_reported(tmp_path: Path):
     (tmp_path / "c.yaml").write_text("base: nowhere.yaml\n")
     assert any("no config file at" in p and "nowhere.yaml" in p for p in problems(tmp_path / "c.yaml"))
 
+
+def test_a_flow_parameter_from_the_command_line_is_checked_once_on_its_way_to_the_flow(tmp_path, monkeypatch):
+    """From load_config through building the data set and the model, training and the
+    final evaluation, the flow spec is resolved once and its overridden value checked once."""
+    resolved_specs, checked_values = Counter(), Counter()
+    resolve_spec, resolve_value = Registry.resolve, flowzoo.registry.resolve_value
+
+    def counting_resolve_spec(registry, spec, path):
+        resolved_specs[path] += 1
+        return resolve_spec(registry, spec, path)
+
+    def counting_resolve_value(value, annotation, path):
+        checked_values[path] += 1
+        return resolve_value(value, annotation, path)
+
+    monkeypatch.setattr(Registry, "resolve", counting_resolve_spec)
+    monkeypatch.setattr(flowzoo.registry, "resolve_value", counting_resolve_value)
+    monkeypatch.syspath_prepend(str(FIXTURES))  # the subset_data plugin
+    config = tiny_config(output_dir=str(tmp_path / "runs"), data={"train": 100, "valid": 50, "test": 50},
+                         trainer={"epochs": 1, "batch_size": 50, "picture_count": 0, "tensorboard": False},
+                         eval={"iw_samples": 1})
+    run = train(load_config(config, ["model.flows[0].hidden_features=64"]))
+    assert resolved_specs["model.flows[0]"] == 1 and resolved_specs["model"] == 1 and resolved_specs["data"] == 1
+    assert checked_values["model.flows[0].hidden_features"] == 1
+    built = flows.build({"name": "iaf", "hidden_features": 64}, "flow", features=8, context_features=16)
+    first = run.model.flows._transforms[0]
+    assert sum(p.numel() for p in first.parameters()) == sum(p.numel() for p in built.parameters())

@@ -13,17 +13,15 @@ import torch
 from flowzoo.experiment import train
 from flowzoo.registry import flows, list_flows
 
-from conftest import FIXTURES
-from test_trainer import TINY
+from conftest import FIXTURES, tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def tiny_on_gpu(tmp_path, **trainer) -> dict:
-    config = {**TINY, "output_dir": str(tmp_path / "runs"),
-              "trainer": {**TINY["trainer"], "device": "cuda", "epochs": 2, "checkpoint_every": 0, **trainer}}
-    config["data"] = {**TINY["data"], "root": None}  # the packaged copy: a lent GPU has no shared data folder
-    return config
+    return tiny_config(output_dir=str(tmp_path / "runs"),
+                       trainer={"device": "cuda", "epochs": 2, "checkpoint_every": 0, **trainer},
+                       data={"root": None})  # the packaged copy: a lent GPU has no shared data folder
 
 
 @pytest.fixture(autouse=True)

@@ -23,33 +23,15 @@ from flowzoo.checkpoint import load_checkpoint, save_checkpoint
 from flowzoo.errors import CheckpointError
 from flowzoo.experiment import load_run
 
-from conftest import FIXTURES, REPO
+from conftest import FIXTURES, REPO, tiny_config
 
 pytestmark = pytest.mark.usefixtures("shared_data_root")
 
-TINY = {
-    "name": "tiny",
-    "plugins": ["subset_data"],
-    "data": {"name": "mnist_subset", "train": 3000, "valid": 500, "test": 500},
-    "model": {
-        "latent_size": 8,
-        "context_size": 16,
-        "encoder": {"name": "mlp", "hidden_sizes": [64]},
-        "decoder": {"name": "mlp", "hidden_sizes": [64]},
-        "flows": [{"name": "iaf", "hidden_features": 32, "repeat": 2, "between": "reverse"}],
-    },
-    "trainer": {"epochs": 3, "batch_size": 25, "log_every": 10, "checkpoint_every": 40, "device": "cpu",
-                "picture_count": 16},
-    "eval": {"iw_samples": 2, "split": "valid"},
-}
 ENV = {"PYTHONPATH": str(FIXTURES), "OMP_NUM_THREADS": "1", "COLUMNS": "120"}
 
 
 def write_config(tmp_path: Path, **sections) -> Path:
-    config = json.loads(json.dumps(TINY))
-    for key, changes in sections.items():
-        config[key] = {**config[key], **changes} if isinstance(changes, dict) else changes
-    config["output_dir"] = str(tmp_path / "runs")
+    config = tiny_config(**sections, output_dir=str(tmp_path / "runs"))
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
