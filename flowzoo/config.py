@@ -30,6 +30,7 @@ from flowzoo.errors import ConfigError, Problem, did_you_mean
 from flowzoo.evaluation import EvalConfig
 from flowzoo.plugins import import_modules
 from flowzoo.registry import datasets, models
+from flowzoo.runs import LoggingConfig
 from flowzoo.schema import Checked, check_value, section_problems, with_defaults
 from flowzoo.trainer import TrainerConfig
 
@@ -60,6 +61,7 @@ class ExperimentConfig:
     """The model (``flowzoo list models``); without ``name``, the flat ``vae``."""
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
 
 
 def load_config(source: str | Path | Mapping[str, Any], overrides: Iterable[str] = ()) -> DictConfig:

@@ -18,7 +18,7 @@ from flowzoo.distributed import Distributed, setup_distributed
 from flowzoo.errors import CheckpointError, ConfigError, Problem
 from flowzoo.evaluation import evaluate, evaluation_settings
 from flowzoo.registry import datasets
-from flowzoo.runs import RunDir
+from flowzoo.runs import RunDir, flat_config
 from flowzoo.trainer import Trainer, resolve_device
 from flowzoo.images import image_grid, save_png
 from flowzoo.vae import VariationalModel, build_model
@@ -46,7 +46,8 @@ class Run:
     metrics: dict[str, float]
 
 
-def train(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (), resume: bool = False) -> Run:
+def train(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (), resume: bool = False,
+          run_dir: str | Path | None = None) -> Run:
     """Validate a config, train its model, and evaluate the best checkpoint.
 
     Nothing is written until the config, the model and the data have all been checked.
@@ -58,12 +59,14 @@ def train(config: str | Path | Mapping[str, Any], overrides: Iterable[str] = (),
         resume: continue the newest run of this config's name in its output directory
             instead of starting a new one; the configs must agree except for
             :data:`RESUMABLE_KEYS`.
+        run_dir: train in this directory instead of a new ``<output_dir>/<name>-<timestamp>``
+            (a sweep's point); it must not hold a run yet.
     """
     config = load_config(config, overrides)
     if resume:
         run = _latest_run(config)
         return _fit(config, run, load_checkpoint(run.last))
-    return _fit(config, None, None)
+    return _fit(config, RunDir.fresh(run_dir) if run_dir is not None else None, None)
 
 
 def resume(run_dir: str | Path, overrides: Iterable[str] = ()) -> Run:
@@ -94,8 +97,8 @@ def _latest_run(config: DictConfig) -> RunDir:
         raise CheckpointError(f"--resume: no run of '{config.name}' with a checkpoint in {config.output_dir}/; "
                               "start one without --resume")
     run = RunDir.open(runs[-1].parent)
-    saved = _flatten(OmegaConf.to_container(OmegaConf.load(run.config_file)))
-    now = _flatten(OmegaConf.to_container(config))
+    saved = flat_config(OmegaConf.load(run.config_file))
+    now = flat_config(config)
     changed = [Problem(key, f"is {now.get(key)!r} here but {saved.get(key)!r} in {run.config_file}")
                for key in sorted(set(saved) | set(now))
                if saved.get(key) != now.get(key) and not _resumable(key) and key != "output_dir"]  # runs may move
@@ -103,13 +106,6 @@ def _latest_run(config: DictConfig) -> RunDir:
         raise ConfigError(changed + [Problem("", f"--resume continues {run.path} only with the same config; "
                                              "drop --resume to start a new run")])
     return run
-
-
-def _flatten(node: Any, path: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        return {flat_key: flat_value for key, value in node.items()
-                for flat_key, flat_value in _flatten(value, f"{path}.{key}" if path else key).items()}
-    return {path: node}
 
 
 def _fit(config: DictConfig, run: RunDir | None, state: dict[str, Any] | None) -> Run:
@@ -132,8 +128,8 @@ def _fit_as(workers: Distributed, config: DictConfig, run: RunDir | None, state:
     if run is None:
         path = RunDir.create(config.output_dir, config.name, config).path if workers.is_main else None
         run = RunDir(workers.broadcast(path))
-    elif workers.is_main:
-        OmegaConf.save(config, run.config_file)  # a resumed run may have been given more epochs
+    if workers.is_main:  # config.yaml again: a resumed run may have been given more epochs
+        run.begin(config, resolve_device(config.trainer.device, workers))  # lock, provenance.json, W&B
     console.print(config_panel(config, title=f"{config.name} → {run.path}"))
     console.print(parameter_table(model))
     trainer = Trainer(model, splits, config, run, workers, train_transform=getattr(dataset, "train_transform", None))
@@ -147,8 +143,9 @@ def _fit_as(workers: Distributed, config: DictConfig, run: RunDir | None, state:
     model.load_state_dict(evaluation_weights(best))
     metrics = _evaluate(model, splits[config.eval.split], config, workers)
     if workers.is_main:
-        run.log("test" if config.eval.split == "test" else "eval", step=best["step"], epoch=best["epoch"],
-                split=config.eval.split, **metrics)
+        kind = "test" if config.eval.split == "test" else "eval"
+        run.log(kind, step=best["step"], epoch=best["epoch"], split=config.eval.split, **metrics)
+        run.finish(kind, metrics, best["step"])  # end time; TensorBoard hparams; W&B summary
     averaged = ", Polyak-averaged" if "ema" in best else ""
     caption = (f"{len(splits[config.eval.split]):,} images; "
                f"weights of the best validation epoch ({best['epoch']}{averaged})")
