@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _executor_options(args: argparse.Namespace) -> LocalOptions | SlurmOptions:
     slurm_only = [option for option in ("time", "partition", "cpus_per_job", "mem_gb", "array_parallelism")
-                  if getattr(args, option) is not None] + (["slurm"] if args.slurm else [])
+                  if getattr(args, option) is not None] + (["slurm"] if args.slurm else []) \
+        + (["gpus_per_job"] if args.gpus_per_job != 1 else []) + (["cluster"] if args.cluster != "slurm" else [])
     if args.executor == "local":
         if slurm_only:
             raise ConfigError([Problem(f"--{option.replace('_', '-')}", "is an option of --executor slurm")

@@ -394,9 +394,12 @@ class _Status:
 
 
 def _failure(status: int, log: Path) -> str:
-    """What a failed job said last: its ``error:`` line, else its last line."""
+    """What a failed job said in its try (the lines of the log after the last ``==>`` header):
+    its ``error:`` line, else its last line."""
     lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()] \
         if log.is_file() else []
+    headers = [i for i, line in enumerate(lines) if line.startswith("==> ")]
+    lines = lines[headers[-1] + 1:] if headers else lines
     errors = [line for line in lines if line.startswith("error:")]
     said = errors[-1] if errors else (lines[-1] if lines else "no output")
     how = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
