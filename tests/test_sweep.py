@@ -32,7 +32,7 @@ from flowzoo.cli import main
 from flowzoo.config import load_config
 from flowzoo.errors import ConfigError
 from flowzoo.executors import LocalExecutor, Task
-from flowzoo.runs import RunDir, lock_directory
+from flowzoo.runs import RunDir, git_state, lock_directory
 from flowzoo.sweep import expand, read_grid, split_values
 
 from conftest import FIXTURES, REPO
@@ -153,6 +153,12 @@ def test_local_jobs_share_the_cores_and_the_gpus():
     assert [executor.environment(slot)["CUDA_VISIBLE_DEVICES"] for slot in range(3)] == ["4", "6", "4"]
     assert executor.environment(0)["OMP_NUM_THREADS"] == "2"
     assert "CUDA_VISIBLE_DEVICES" not in LocalExecutor(2, cpus=2, gpus=[]).environment(1)
+
+
+def test_provenance_has_no_git_state_without_git_or_outside_a_work_tree(tmp_path, monkeypatch):
+    assert git_state(tmp_path) is None
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git executable at all
+    assert git_state(REPO) is None
 
 
 def test_wandb_logging_needs_the_wandb_package(monkeypatch):
