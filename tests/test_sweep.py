@@ -292,7 +292,7 @@ def test_each_run_records_its_provenance(finished, workdir):
         assert attempt["flowzoo_git"] == {"root": str(REPO), "commit": head.stdout.strip(), "dirty": dirty}
     started, ended = (datetime.datetime.fromisoformat(attempt[key]) for key in ("started", "finished"))
     first, last = records(finished / "tiny-seed=1")[0]["time"], records(finished / "tiny-seed=1", "test")[0]["time"]
-    assert started.timestamp() <= first and last <= ended.timestamp()
+    assert started.timestamp() <= first + 0.001 and last <= ended.timestamp() + 0.001  # both to the millisecond
 
 
 def distribution_version(name: str) -> str:
