@@ -1,10 +1,11 @@
-"""The ``flowzoo`` command: train, resume, eval, sample, report, list, check-flow, toy."""
+"""The ``flowzoo`` command: train, sweep, resume, eval, sample, report, list, check-flow, toy."""
 
 from __future__ import annotations
 
 __all__ = ["main"]
 
 import argparse
+import shlex
 import sys
 
 import yaml
@@ -15,11 +16,13 @@ from rich.table import Table
 from flowzoo import toy
 from flowzoo.console import console
 from flowzoo.errors import ConfigError, FlowzooError, Problem, TrainingError
+from flowzoo.executors import LocalOptions, SlurmOptions
 from flowzoo.experiment import evaluate_run, resume, sample_run, train
 from flowzoo.flowcheck import check_flow
 from flowzoo.plugins import import_modules
 from flowzoo.registry import REGISTRIES, get_registry
 from flowzoo.report import report_runs
+from flowzoo.sweep import run_sweep, sweep_hint
 
 FAILED = 1
 USER_ERROR = 2
@@ -33,8 +36,40 @@ def main(argv: list[str] | None = None) -> int:
     training = commands.add_parser("train", help="train a model from a YAML config")
     training.add_argument("config", help="YAML config file, e.g. configs/mnist_iaf.yaml")
     training.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. trainer.epochs=1")
-    training.add_argument("--resume", action="store_true",
-                          help="continue the newest run of this config in its output_dir from its last checkpoint")
+    where = training.add_mutually_exclusive_group()
+    where.add_argument("--resume", action="store_true",
+                       help="continue the newest run of this config in its output_dir from its last checkpoint")
+    where.add_argument("--run-dir", metavar="DIR",
+                       help="train in this directory instead of a new <output_dir>/<name>-<timestamp>")
+    sweeping = commands.add_parser(
+        "sweep", help="train every point of a grid of configs × values × seeds, in parallel or on SLURM",
+        description="Train one run per point of the cartesian product of the config files, the overrides with "
+                    "several values (key=v1,v2: commas inside [], {} or quotes do not separate) and the seeds. "
+                    "Every point is validated first; running the same command again skips finished points, "
+                    "resumes unfinished ones and retries failed ones. See docs/sweeps.md.")
+    sweeping.add_argument("items", nargs="*", metavar="CONFIG ... key=v1,v2",
+                          help="config files, then overrides, e.g. trainer.lr=0.001,0.0003 trainer.epochs=5")
+    sweeping.add_argument("--seeds", type=int, metavar="N", help="an axis seed=0,...,N-1")
+    sweeping.add_argument("--grid", metavar="FILE", help="a YAML file of axes (key: [values] or key: {name: value}) "
+                          "and config files (config: [paths or patterns])")
+    sweeping.add_argument("--output", metavar="SWEEP_DIR", help="the sweep directory (default "
+                          "<output_dir>/sweep-<configs>-<digest of the grid>: the same for the same command)")
+    sweeping.add_argument("--dry-run", action="store_true", help="validate and show the points; run and write nothing")
+    sweeping.add_argument("--executor", choices=("local", "slurm"), default="local",
+                          help="local processes (default) or SLURM jobs through submitit")
+    sweeping.add_argument("--jobs", type=int, default=1, metavar="N",
+                          help="local: runs at a time, the CPU cores (and GPUs) split between them (default 1)")
+    slurm = sweeping.add_argument_group("slurm executor (pip install 'flowzoo[slurm]')")
+    slurm.add_argument("--time", metavar="LIMIT", help="each job's time limit: MINUTES or [D-]HH:MM[:SS] (required)")
+    slurm.add_argument("--partition", help="the SLURM partition")
+    slurm.add_argument("--gpus-per-job", type=int, default=1, metavar="N", help="default 1")
+    slurm.add_argument("--cpus-per-job", type=int, metavar="N", help="also the torch threads of each job")
+    slurm.add_argument("--mem-gb", type=float, metavar="GB")
+    slurm.add_argument("--array-parallelism", type=int, metavar="N", help="at most N jobs of the array at once")
+    slurm.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                       help="another parameter of submitit's SlurmExecutor, e.g. account=abc (repeatable)")
+    slurm.add_argument("--cluster", choices=("slurm", "local", "debug"), default="slurm",
+                       help="submitit's cluster: local or debug run the same jobs on this machine, to try a sweep")
     resuming = commands.add_parser("resume", help="continue a run from its last checkpoint")
     resuming.add_argument("run_dir")
     resuming.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. trainer.epochs=200")
@@ -80,10 +115,24 @@ def main(argv: list[str] | None = None) -> int:
     for command in (listing, checking):
         command.add_argument("--import", dest="modules", action="append", default=[], metavar="MODULE",
                              help="import a local module that registers components first (repeatable)")
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command in ("train", "sweep"):  # key=value after options: --run-dir D trainer.epochs=1
+        command = commands.choices[args.command]
+        args = command.parse_intermixed_args(argv[argv.index(args.command) + 1 :],
+                                             argparse.Namespace(command=args.command))
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if args.command == "train":
-            train(args.config, args.overrides, resume=args.resume)
+            try:
+                train(args.config, args.overrides, resume=args.resume, run_dir=args.run_dir)
+            except ConfigError as error:
+                raise sweep_hint(error, args.config, args.overrides) from None
+        elif args.command == "sweep":
+            command = shlex.join(["flowzoo", *argv])
+            return run_sweep(args.items, seeds=args.seeds, grid_file=args.grid, output=args.output,
+                             executor=_executor_options(args), dry_run=args.dry_run, command=command)
         elif args.command == "resume":
             resume(args.run_dir, args.overrides)
         elif args.command == "eval":
@@ -111,9 +160,28 @@ def main(argv: list[str] | None = None) -> int:
         _print_error(str(error))
         return USER_ERROR
     except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted; `flowzoo resume RUN_DIR` continues from the last checkpoint")
+        how = ("the same command continues the sweep" if args.command == "sweep"
+               else "`flowzoo resume RUN_DIR` continues from the last checkpoint")
+        Console(stderr=True).print(f"interrupted; {how}")
         return INTERRUPTED
     return 0
+
+
+def _executor_options(args: argparse.Namespace) -> LocalOptions | SlurmOptions:
+    slurm_only = [option for option in ("time", "partition", "cpus_per_job", "mem_gb", "array_parallelism")
+                  if getattr(args, option) is not None] + (["slurm"] if args.slurm else []) \
+        + (["gpus_per_job"] if args.gpus_per_job != 1 else []) + (["cluster"] if args.cluster != "slurm" else [])
+    if args.executor == "local":
+        if slurm_only:
+            raise ConfigError([Problem(f"--{option.replace('_', '-')}", "is an option of --executor slurm")
+                               for option in slurm_only])
+        return LocalOptions(args.jobs)
+    if args.jobs != 1:
+        raise ConfigError([Problem("--jobs", "is an option of --executor local; SLURM runs the array's jobs "
+                                   "(--array-parallelism limits how many at once)")])
+    return SlurmOptions(time=args.time, partition=args.partition, gpus_per_job=args.gpus_per_job,
+                        cpus_per_job=args.cpus_per_job, mem_gb=args.mem_gb, array_parallelism=args.array_parallelism,
+                        sbatch=tuple(args.slurm), cluster=args.cluster)
 
 
 def _print_error(message: str) -> None:

@@ -18,9 +18,10 @@ be named in the rest of the config.
 
 from __future__ import annotations
 
-__all__ = ["ExperimentConfig", "TrainerConfig", "EvalConfig", "load_config"]
+__all__ = ["ExperimentConfig", "TrainerConfig", "EvalConfig", "LoggingConfig", "WandbConfig", "load_config"]
 
 import dataclasses
+import importlib.util
 import re
 import typing
 from pathlib import Path
@@ -121,6 +122,38 @@ class EvalConfig:
     """Seed of the evaluation's own random stream, so numbers repeat exactly."""
 
 
+def _check_wandb_project(value: Any, path: str) -> Resolved:
+    """A W&B project name, or null; a name needs the wandb package."""
+    value, problems = resolve_value(value, str | None, path)
+    if not problems and value is not None and importlib.util.find_spec("wandb") is None:
+        problems.append(Problem(path, "W&B logging needs the wandb package: pip install 'flowzoo[wandb]' "
+                                      "(or leave logging.wandb.project null)"))
+    return value, problems
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class WandbConfig:
+    """The ``logging.wandb`` section: a Weights & Biases run beside each run (``pip install 'flowzoo[wandb]'``)."""
+
+    project: Annotated[str | None, Checked(_check_wandb_project, "a W&B project name or null")] = None
+    """W&B project to log to; null: no W&B logging."""
+    entity: str | None = None
+    """W&B user or team; null: your default entity."""
+    group: str | None = None
+    """W&B group, e.g. one per setting of a sweep so that its seeds are shown together."""
+    tags: list[str] = dataclasses.field(default_factory=list)
+    """Tags of the W&B run."""
+    mode: Literal["online", "offline"] = "online"
+    """``offline``: write the W&B run under the run directory only, for ``wandb sync`` later."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoggingConfig:
+    """The ``logging`` section: where a run reports besides metrics.jsonl and TensorBoard."""
+
+    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
+
+
 def _check_name(value: Any, path: str) -> Resolved:
     """A string that can name a directory inside ``output_dir``."""
     value, problems = resolve_value(value, str, path)
@@ -147,6 +180,7 @@ class ExperimentConfig:
     """The model (``flowzoo list models``); without ``name``, the flat ``vae``."""
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
 
 
 def load_config(source: str | Path | Mapping[str, Any] | ExperimentConfig,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
-from omegaconf import OmegaConf
+import yaml
 
 from flowzoo.checkpoint import evaluation_weights, load_checkpoint
 from flowzoo.config import EvalConfig, ExperimentConfig, load_config
@@ -19,7 +19,7 @@ from flowzoo.errors import CheckpointError, ConfigError, Problem
 from flowzoo.evaluation import evaluate, evaluation_settings
 from flowzoo.images import image_grid, save_png
 from flowzoo.registry import datasets, models
-from flowzoo.runs import RunDir
+from flowzoo.runs import RunDir, flat_config
 from flowzoo.trainer import Trainer
 from flowzoo.vae import VariationalModel
 
@@ -47,7 +47,7 @@ class Run:
 
 
 def train(config: str | Path | Mapping[str, Any] | ExperimentConfig, overrides: Iterable[str] = (),
-          resume: bool = False) -> Run:
+          resume: bool = False, run_dir: str | Path | None = None) -> Run:
     """Validate a config, train its model, and evaluate the best checkpoint.
 
     Nothing is written until the config, the model and the data have all been checked.
@@ -60,12 +60,14 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig, overrides: 
         resume: continue the newest run of this config's name in its output directory
             instead of starting a new one; the configs must agree except for
             :data:`RESUMABLE_KEYS`.
+        run_dir: train in this directory instead of a new ``<output_dir>/<name>-<timestamp>``
+            (a sweep's point); it must not hold a run yet.
     """
     config = load_config(config, overrides)
     if resume:
         run = _latest_run(config)
         return _fit(config, run, load_checkpoint(run.last))
-    return _fit(config, None, None)
+    return _fit(config, RunDir.fresh(run_dir) if run_dir is not None else None, None)
 
 
 def resume(run_dir: str | Path, overrides: Iterable[str] = ()) -> Run:
@@ -96,8 +98,8 @@ def _latest_run(config: ExperimentConfig) -> RunDir:
         raise CheckpointError(f"--resume: no run of '{config.name}' with a checkpoint in {config.output_dir}/; "
                               "start one without --resume")
     run = RunDir.open(runs[-1].parent)
-    saved = _flatten(OmegaConf.to_container(OmegaConf.load(run.config_file)))
-    now = _flatten(dataclasses.asdict(config))
+    saved = flat_config(yaml.safe_load(run.config_file.read_text()))
+    now = flat_config(config)
     changed = [Problem(key, f"is {now.get(key)!r} here but {saved.get(key)!r} in {run.config_file}")
                for key in sorted(set(saved) | set(now))
                if saved.get(key) != now.get(key) and not _resumable(key) and key != "output_dir"]  # runs may move
@@ -105,13 +107,6 @@ def _latest_run(config: ExperimentConfig) -> RunDir:
         raise ConfigError(changed + [Problem("", f"--resume continues {run.path} only with the same config; "
                                              "drop --resume to start a new run")])
     return run
-
-
-def _flatten(node: Any, path: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        return {flat_key: flat_value for key, value in node.items()
-                for flat_key, flat_value in _flatten(value, f"{path}.{key}" if path else key).items()}
-    return {path: node}
 
 
 def _fit(config: ExperimentConfig, run: RunDir | None, state: dict[str, Any] | None) -> Run:
@@ -135,8 +130,8 @@ def _fit_as(workers: Distributed, config: ExperimentConfig, run: RunDir | None,
     if run is None:
         path = RunDir.create(config.output_dir, config.name, plain).path if workers.is_main else None
         run = RunDir(workers.broadcast(path))
-    elif workers.is_main:
-        run.write_config(plain)  # a resumed run may have been given more epochs
+    if workers.is_main:  # config.yaml again: a resumed run may have been given more epochs
+        run.begin(plain, resolve_device(config.trainer.device, workers))  # lock, provenance.json, W&B
     console.print(config_panel(plain, title=f"{config.name} → {run.path}"))
     console.print(parameter_table(model))
     trainer = Trainer(model, splits, config.trainer, run, evaluation=config.eval, seed=config.seed, config=plain,
@@ -151,8 +146,9 @@ def _fit_as(workers: Distributed, config: ExperimentConfig, run: RunDir | None,
     model.load_state_dict(evaluation_weights(best))
     metrics = _evaluate(model, splits[config.eval.split], config.eval, workers)
     if workers.is_main:
-        run.log("test" if config.eval.split == "test" else "eval", step=best["step"], epoch=best["epoch"],
-                split=config.eval.split, **metrics)
+        kind = "test" if config.eval.split == "test" else "eval"
+        run.log(kind, step=best["step"], epoch=best["epoch"], split=config.eval.split, **metrics)
+        run.finish(kind, metrics, best["step"])  # end time; TensorBoard hparams; W&B summary
     averaged = ", Polyak-averaged" if "ema" in best else ""
     caption = (f"{len(splits[config.eval.split]):,} images; "
                f"weights of the best validation epoch ({best['epoch']}{averaged})")

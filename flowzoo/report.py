@@ -1,11 +1,18 @@
-"""Compare runs in one table: ``flowzoo report RUN_DIR...``.
+"""Compare runs in one table: ``flowzoo report RUN_DIR... | SWEEP_DIR...``.
 
 Each run becomes one row of numbers read from its run directory (``config.yaml``,
 ``metrics.jsonl`` and ``best.pt``; nothing is re-evaluated). The table is printed,
 and written to ``report.md`` (best per metric in bold) and ``report.csv`` (plain,
 full-precision numbers). A run without a test evaluation yet, e.g. one still
-training, gets a row with blanks where its test metrics would be. docs/report.md
-defines every column.
+training, gets a row with blanks where its test metrics would be. A sweep directory
+stands for the runs of its points.
+
+Runs whose configs differ only in ``seed`` (and in where and how they report, see
+:data:`NOT_COMPARED`) form a group. When some group has several runs, the report
+leads with one row per group: the mean ± sample standard deviation of each
+measurement over its runs, the number of runs and their seeds, and the best group
+per metric marked (also written to ``report-groups.csv``). docs/report.md defines
+every column.
 """
 
 from __future__ import annotations
@@ -21,6 +28,11 @@ __all__ = [
     "runs_table",
     "markdown_report",
     "write_csv",
+    "Spread",
+    "NOT_COMPARED",
+    "group_runs",
+    "aggregate",
+    "expand_sweeps",
     "report_runs",
 ]
 
@@ -41,7 +53,7 @@ from flowzoo.checkpoint import load_checkpoint
 from flowzoo.console import METRIC_LABELS, console
 from flowzoo.errors import CheckpointError, ConfigError, Problem, did_you_mean
 from flowzoo.registry import models
-from flowzoo.runs import RunDir
+from flowzoo.runs import RunDir, flat_config
 
 Row = dict[str, Any]
 
@@ -61,6 +73,9 @@ class Column:
     """Number to text; None for a descriptive text column."""
     best: Callable[[Iterable[Any]], Any] | None = None
     """``min`` or ``max``: picks the value marked best; None: no mark."""
+    averaged: bool = False
+    """A measurement that varies with the seed: a group shows its mean ± std; otherwise its value
+    (or range of values) over the group's runs."""
 
 
 _NATS = "{:.2f}".format
@@ -71,23 +86,34 @@ COLUMNS = (
     Column("run", "run"),
     Column("model", "model"),
     Column("data", "data"),
-    Column("train_neg_elbo", f"train {METRIC_LABELS['neg_elbo']}", _NATS, min),
-    Column("valid_neg_elbo", f"valid {METRIC_LABELS['neg_elbo']}", _NATS, min),
+    Column("seed", "seed", str),
+    Column("train_neg_elbo", f"train {METRIC_LABELS['neg_elbo']}", _NATS, min, averaged=True),
+    Column("valid_neg_elbo", f"valid {METRIC_LABELS['neg_elbo']}", _NATS, min, averaged=True),
     Column("best_epoch", "best epoch", _COUNT),
-    Column("test_neg_elbo", f"test {METRIC_LABELS['neg_elbo']}", _NATS, min),
-    Column("test_recon", "test −log p(x|z)", _NATS),
-    Column("test_kl", "test KL", _NATS),
-    Column("test_nll_iw", f"test {METRIC_LABELS['nll_iw']}", _NATS, min),
+    Column("test_neg_elbo", f"test {METRIC_LABELS['neg_elbo']}", _NATS, min, averaged=True),
+    Column("test_recon", "test −log p(x|z)", _NATS, averaged=True),
+    Column("test_kl", "test KL", _NATS, averaged=True),
+    Column("test_nll_iw", f"test {METRIC_LABELS['nll_iw']}", _NATS, min, averaged=True),
     Column("iw_samples", "K", _COUNT),
-    Column("bpd_elbo", "bits/dim (ELBO)", _BITS, min),
-    Column("bpd_iw", "bits/dim (IWAE)", _BITS, min),
+    Column("bpd_elbo", "bits/dim (ELBO)", _BITS, min, averaged=True),
+    Column("bpd_iw", "bits/dim (IWAE)", _BITS, min, averaged=True),
     Column("parameters", "params", _COUNT),
     Column("epochs", "epochs", _COUNT),
     Column("steps", "steps", _COUNT),
-    Column("train_seconds", "train time", _duration),
-    Column("images_per_second", "images/s", "{:,.0f}".format, max),
+    Column("train_seconds", "train time", _duration, averaged=True),
+    Column("images_per_second", "images/s", "{:,.0f}".format, max, averaged=True),
 )
 """The report's columns in order; docs/report.md defines each."""
+
+GROUP_COLUMNS = (
+    Column("run", "group"),
+    Column("model", "model"),
+    Column("data", "data"),
+    Column("seed", "seeds"),
+    Column("n", "n", str),
+    *COLUMNS[4:],
+)
+"""The columns of the table of groups: ``run`` holds the group's label, ``seed`` its seeds."""
 
 
 def describe_model(model: Any) -> str:
@@ -205,6 +231,7 @@ def summarize_run(run_dir: str | Path) -> Row:
         "run": path.resolve().name,
         "model": describe_model(config.get("model")),
         "data": _section(config, "data").get("name"),
+        "seed": config.get("seed"),
         "train_neg_elbo": train[-1].get("neg_elbo") if train else None,
         "valid_neg_elbo": best_valid.get("neg_elbo"),
         "best_epoch": best_valid.get("epoch"),
@@ -245,46 +272,137 @@ def _column(key: str) -> Column:
     raise ConfigError([Problem("--sort", f"no column '{key}'. {did_you_mean(key, [c.key for c in COLUMNS])}")])
 
 
+@dataclasses.dataclass(frozen=True)
+class Spread:
+    """A column's values over the runs of a group that have one."""
+
+    mean: float
+    std: float | None
+    """The sample standard deviation (n − 1 in the denominator, as papers report it); None for one value."""
+    n: int
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> "Spread":
+        """Example:
+        >>> Spread.of([90.0, 91.0, 95.0])
+        Spread(mean=92.0, std=2.6457513110645907, n=3, low=90.0, high=95.0)
+        """
+        return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values),
+                   min(values), max(values))
+
+
+def _score(value: Any) -> Any:
+    """What best and sorting compare: a group's mean."""
+    return value.mean if isinstance(value, Spread) else value
+
+
 def sort_rows(rows: Sequence[Row], key: str) -> list[Row]:
-    """Rows by one column, best first (lowest, or highest for images/s); blanks last.
+    """Rows (of runs or of groups) by one column, best first (lowest, or highest for images/s; a
+    group by its mean); blanks last.
 
     Raises:
         ConfigError: ``key`` is not a column.
     """
     column = _column(key)
-    present = sorted((row for row in rows if row[key] is not None), key=lambda row: row[key],
+    present = sorted((row for row in rows if row[key] is not None), key=lambda row: _score(row[key]),
                      reverse=column.best is max)
     return present + [row for row in rows if row[key] is None]
 
 
-def _cells(rows: Sequence[Row]) -> tuple[list[Column], list[list[tuple[str, bool]]]]:
+NOT_COMPARED = ("seed", "output_dir", "trainer.log_every", "trainer.checkpoint_every", "trainer.picture_count",
+                "trainer.tensorboard", "logging.")
+"""Config keys (``.``: and the keys under it) in which the runs of a group may differ: the
+seed, and where and how a run reports. Runs that differ in any other key are different
+experiments, and so are runs whose IWAE bounds use different K."""
+
+
+def _setting(config: Mapping[str, Any], row: Row) -> dict[str, Any]:
+    """What a run's group is made of: its config without :data:`NOT_COMPARED`, and the K of its bound."""
+    setting = {key: value for key, value in flat_config(config).items()
+               if not any(key.startswith(k) if k.endswith(".") else key == k for k in NOT_COMPARED)}
+    return {**setting, "K": row["iw_samples"]}
+
+
+def _short(value: Any, width: int = 24) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def group_runs(configs: Sequence[Mapping[str, Any]], rows: Sequence[Row]) -> list[tuple[str, list[int]]]:
+    """The groups of runs that differ only in :data:`NOT_COMPARED`, in order of first appearance,
+    each as (label, indices of its runs). A label is the config's ``name``, then, when other
+    groups have that name too, the keys in which it differs from them.
+
+    Example:
+        >>> configs = [{"name": "a", "seed": seed, "trainer": {"lr": lr}} for lr in (0.1, 0.2) for seed in (0, 1)]
+        >>> group_runs(configs + [{"name": "b", "seed": 0}], [{"iw_samples": 10}] * 5)
+        [('a trainer.lr=0.1', [0, 1]), ('a trainer.lr=0.2', [2, 3]), ('b', [4])]
+    """
+    groups: dict[str, tuple[dict[str, Any], list[int]]] = {}
+    for index, (config, row) in enumerate(zip(configs, rows)):
+        setting = _setting(config, row)
+        groups.setdefault(json.dumps(setting, sort_keys=True, default=str), (setting, []))[1].append(index)
+    labelled = []
+    for setting, members in groups.values():
+        peers = [other for other, _ in groups.values()
+                 if other is not setting and other.get("name") == setting.get("name")]
+        differing = [key for key in dict.fromkeys([*setting, *(k for other in peers for k in other)])
+                     if key != "name" and any(other.get(key) != setting.get(key) for other in peers)]
+        parts = [f"{key}={_short(setting.get(key))}" for key in differing[:3]] + (["…"] if len(differing) > 3 else [])
+        labelled.append((" ".join([str(setting.get("name")), *parts]), members))
+    return labelled
+
+
+def aggregate(label: str, rows: Sequence[Row]) -> Row:
+    """One row of :data:`GROUP_COLUMNS` for the runs of a group: a :class:`Spread` for each numeric
+    column with a value in some run, the common text of the others, the seeds and their number."""
+    group = {"run": label, "n": len(rows), "seed": ", ".join(str(row["seed"]) for row in rows)}
+    for column in (c for c in COLUMNS[1:] if c.key != "seed"):
+        values = [row[column.key] for row in rows if row[column.key] is not None]
+        if column.format is None:
+            group[column.key] = values[0] if values else None  # equal in a group: they come from the config
+        else:
+            group[column.key] = Spread.of(values) if values else None
+    return group
+
+
+def _cells(rows: Sequence[Row], columns: Sequence[Column] = COLUMNS
+           ) -> tuple[list[Column], list[list[tuple[str, bool]]]]:
     """The columns with a value in some row, and each row's cells as (text, marked best).
 
-    Best is decided among the runs on the same data set: nats on MNIST and on CIFAR-10
-    do not compete.
+    Best is decided among the rows on the same data set (nats on MNIST and on CIFAR-10
+    do not compete), for a group by its mean.
     """
-    columns = [c for c in COLUMNS if any(row[c.key] is not None for row in rows)]
+    columns = [c for c in columns if any(row[c.key] is not None for row in rows)]
     best = {}
     for data in {row["data"] for row in rows}:
         for column in columns:
-            values = [row[column.key] for row in rows if row["data"] == data and row[column.key] is not None]
+            values = [_score(row[column.key]) for row in rows if row["data"] == data and row[column.key] is not None]
             if column.best and len(values) > 1:  # marking a lone value would say nothing
                 best[data, column.key] = column.best(values)
 
     def is_best(row: Row, column: Column) -> bool:
-        return row[column.key] is not None and best.get((row["data"], column.key)) == row[column.key]
+        return row[column.key] is not None and best.get((row["data"], column.key)) == _score(row[column.key])
 
-    cells = [[(_text(c, row[c.key]), is_best(row, c)) for c in columns] for row in rows]
+    cells = [[(_text(c, row[c.key], row.get("n")), is_best(row, c)) for c in columns] for row in rows]
     return columns, cells
 
 
-def _text(column: Column, value: Any) -> str:
+def _text(column: Column, value: Any, runs: int | None = None) -> str:
+    """A cell: a run's value, or a group's mean ± std (with its n when some runs have no value) or range."""
     if value is None:
         return ""
-    return column.format(value) if column.format else str(value)
+    if not isinstance(value, Spread):
+        return column.format(value) if column.format else str(value)
+    if not column.averaged:
+        return column.format(value.low) + ("" if value.low == value.high else f"–{column.format(value.high)}")
+    text = column.format(value.mean) + (f" ± {column.format(value.std)}" if value.std is not None else "")
+    return text + (f" (n={value.n})" if runs is not None and value.n != runs else "")
 
 
-def _notes(rows: Sequence[Row]) -> list[str]:
+def _notes(rows: Sequence[Row], missing: Sequence[str] = ()) -> list[str]:
     notes = ["Nats per example; best per metric among the runs on the same data in bold "
              "(lowest −ELBO, IWAE bound and bits/dim, highest images/s)."]
     for data in dict.fromkeys(row["data"] for row in rows):
@@ -296,15 +414,21 @@ def _notes(rows: Sequence[Row]) -> list[str]:
     if untested:
         notes.append(f"No test evaluation yet (still training, stopped, or evaluated on valid only): "
                      f"{', '.join(untested)}.")
-    return notes
+    return notes + list(missing)
 
 
-def runs_table(rows: Sequence[Row]) -> Table:
-    """The runs as a rich table with one column per run and one row per metric (a report
-    has many more metrics than runs, so this reads in a terminal), best per metric in
+_GROUP_NOTE = ("Each group is the runs whose configs differ only in the seed (and in where and how they report); "
+               "mean ± sample standard deviation (n − 1 in the denominator) over its runs, n runs, best group per "
+               "metric by its mean. Counts that differ between the runs of a group show their range.")
+
+
+def runs_table(rows: Sequence[Row], columns: Sequence[Column] = COLUMNS, title: str = "runs compared",
+               notes: Sequence[str] | None = None) -> Table:
+    """The runs (or groups) as a rich table with one column per run and one row per metric (a
+    report has many more metrics than runs, so this reads in a terminal), best per metric in
     bold green; metrics blank in every run are left out."""
-    columns, cells = _cells(rows)
-    table = Table(title="runs compared", title_justify="left", caption="\n".join(_notes(rows)),
+    columns, cells = _cells(rows, columns)
+    table = Table(title=title, title_justify="left", caption="\n".join(_notes(rows) if notes is None else notes),
                   caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("")
     for row in cells:
@@ -314,27 +438,29 @@ def runs_table(rows: Sequence[Row]) -> Table:
     return table
 
 
-def markdown_report(rows: Sequence[Row], run_dirs: Sequence[str | Path]) -> str:
-    """``report.md``: which runs and when, the table with the best per metric in bold, and notes."""
-    columns, cells = _cells(rows)
+def _markdown_table(rows: Sequence[Row], columns: Sequence[Column]) -> list[str]:
+    columns, cells = _cells(rows, columns)
 
     def line(texts: Iterable[str]) -> str:
         return "| " + " | ".join(text.replace("|", "\\|") for text in texts) + " |"
 
+    return [line(c.label for c in columns), "|" + "|".join("---:" if c.format else "---" for c in columns) + "|",
+            *(line(f"**{text}**" if marked else text for text, marked in row) for row in cells)]
+
+
+def markdown_report(rows: Sequence[Row], run_dirs: Sequence[str | Path], groups: Sequence[Row] = (),
+                    missing: Sequence[str] = ()) -> str:
+    """``report.md``: which runs and when, the table of groups (when given) and of runs with the
+    best per metric in bold, and notes."""
     stamp = time.strftime("%Y-%m-%d %H:%M %Z")
     paths = ", ".join(f"`{Path(d).resolve()}`" for d in run_dirs)
-    lines = [
-        "# Run report",
-        "",
-        f"{len(rows)} run{'s' if len(rows) != 1 else ''} compared by `flowzoo report` on {stamp}: {paths}.",
-        "",
-        line(c.label for c in columns),
-        "|" + "|".join("---:" if c.format else "---" for c in columns) + "|",
-        *(line(f"**{text}**" if marked else text for text, marked in row) for row in cells),
-        "",
-        *_notes(rows),
-    ]
-    return "\n".join(lines) + "\n"
+    count = f"{len(rows)} run{'s' if len(rows) != 1 else ''}"
+    count += f" in {len(groups)} group{'s' if len(groups) != 1 else ''}" if groups else ""
+    lines = ["# Run report", "", f"{count} compared by `flowzoo report` on {stamp}: {paths}.", ""]
+    if groups:
+        lines += ["## Groups: mean ± standard deviation over seeds", "", *_markdown_table(groups, GROUP_COLUMNS), "",
+                  _GROUP_NOTE, "", "## Runs", ""]
+    return "\n".join([*lines, *_markdown_table(rows, COLUMNS), "", *_notes(rows, missing)]) + "\n"
 
 
 def write_csv(rows: Sequence[Row], path: Path) -> None:
@@ -345,30 +471,96 @@ def write_csv(rows: Sequence[Row], path: Path) -> None:
         writer.writerows([("" if row[c.key] is None else row[c.key]) for c in COLUMNS] for row in rows)
 
 
-def report_runs(run_dirs: Sequence[str | Path], output: str | Path = ".", sort: str | None = None) -> list[Row]:
-    """Print the table comparing ``run_dirs`` and write ``report.md`` and ``report.csv`` to ``output``.
+def _write_groups_csv(groups: Sequence[Row], runs: Sequence[Sequence[str]], path: Path) -> None:
+    """``report-groups.csv``: group, runs, n, seeds, model, data, then ``KEY_mean``, ``KEY_std`` and
+    ``KEY_n`` of each numeric column (blank mean and std, and n 0, where no run has a value)."""
+    numeric = COLUMNS[4:]
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["group", "runs", "n", "seeds", "model", "data",
+                         *(f"{c.key}_{part}" for c in numeric for part in ("mean", "std", "n"))])
+        for group, names in zip(groups, runs):
+            numbers = []
+            for column in numeric:
+                spread = group[column.key]
+                numbers += (["", "", 0] if spread is None
+                            else [spread.mean, "" if spread.std is None else spread.std, spread.n])
+            writer.writerow([group["run"], " ".join(names), group["n"], group["seed"], group["model"],
+                             group["data"], *numbers])
 
-    Args:
-        run_dirs: run directories, one row each, in this order unless sorted.
-        output: folder for the two files (created if missing).
-        sort: a column key (a ``report.csv`` header, e.g. ``test_nll_iw``) to order the rows by, best first.
 
-    Returns:
-        The rows, as :func:`summarize_run` gives them.
+def expand_sweeps(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
+    """The run directories of ``paths``, a sweep directory (one holding ``sweep.yaml``) standing
+    for the run directories of its points; and notes on points without a run yet or that failed.
 
     Raises:
-        CheckpointError: a path is not a readable run directory.
+        CheckpointError: a ``sweep.yaml`` that cannot be read.
+    """
+    runs, notes = [], []
+    for path in map(Path, paths):
+        sweep_file = path / "sweep.yaml"
+        if not sweep_file.is_file():
+            runs.append(path)
+            continue
+        try:
+            points = yaml.safe_load(sweep_file.read_text())["points"]
+            labels = [(point["run_dir"], point.get("status")) for point in points]
+        except (yaml.YAMLError, TypeError, KeyError) as error:
+            raise CheckpointError(f"{sweep_file} is not a flowzoo sweep file ({error})") from error
+        runs += [path / label for label, _ in labels if (path / label / "config.yaml").is_file()]
+        unstarted = [label for label, _ in labels if not (path / label / "config.yaml").is_file()]
+        failed = [label for label, status in labels if status == "failed"]
+        if unstarted:
+            notes.append(f"Not started in {path}: {', '.join(unstarted)}.")
+        if failed:
+            notes.append(f"Failed in {path} (see their console.log): {', '.join(failed)}.")
+    return runs, notes
+
+
+def report_runs(run_dirs: Sequence[str | Path], output: str | Path = ".", sort: str | None = None) -> list[Row]:
+    """Print the table comparing ``run_dirs`` and write ``report.md`` and ``report.csv`` to ``output``
+    (and ``report-groups.csv`` when some runs differ only in their seed).
+
+    Args:
+        run_dirs: run directories or sweep directories, one row per run, in this order unless sorted.
+        output: folder for the files (created if missing).
+        sort: a column key (a ``report.csv`` header, e.g. ``test_nll_iw``) to order the rows and the
+            groups by, best first.
+
+    Returns:
+        The rows of the runs, as :func:`summarize_run` gives them.
+
+    Raises:
+        CheckpointError: a path is not a readable run directory or sweep directory.
         ConfigError: ``sort`` is not a column, or a run's config is unreadable.
     """
     if sort is not None:
         _column(sort)  # a typo fails before any run is read
-    rows = [summarize_run(path) for path in run_dirs]
+    paths, missing = expand_sweeps(run_dirs)
+    rows = [summarize_run(path) for path in paths]
+    configs = [_read_config(RunDir(path)) for path in paths]
+    grouped = group_runs(configs, rows)
+    groups = [aggregate(label, [rows[i] for i in members]) for label, members in grouped]
+    names = [[rows[i]["run"] for i in members] for _, members in grouped]
+    several = any(len(members) > 1 for _, members in grouped)
     if sort is not None:
         rows = sort_rows(rows, sort)
+        order = sort_rows(groups, sort)
+        names = [names[groups.index(group)] for group in order]
+        groups = order
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    console.print(runs_table(rows))
-    (output / "report.md").write_text(markdown_report(rows, run_dirs))
+    if several:
+        console.print(runs_table(groups, GROUP_COLUMNS, title="groups compared (mean ± std over seeds)",
+                                 notes=[_GROUP_NOTE, *_notes(rows, missing)]))
+    else:
+        console.print(runs_table(rows, notes=_notes(rows, missing)))
+    (output / "report.md").write_text(markdown_report(rows, paths, groups if several else (), missing))
     write_csv(rows, output / "report.csv")
-    console.print(f"wrote {output / 'report.md'} and {output / 'report.csv'}")
+    written = [output / "report.md", output / "report.csv"]
+    if several:
+        _write_groups_csv(groups, names, output / "report-groups.csv")
+        written.append(output / "report-groups.csv")
+    console.print(f"wrote {', '.join(map(str, written[:-1]))} and {written[-1]}"
+                  + ("; the runs one by one are in report.md" if several else ""))
     return rows

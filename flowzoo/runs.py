@@ -9,22 +9,152 @@
         last.pt         the latest checkpoint (every ``trainer.checkpoint_every`` steps and
                         at the end of each epoch): what ``flowzoo resume`` continues from
         images/         samples-epochNNN.png and reconstructions-epochNNN.png per epoch
-        tensorboard/    the same scalars and images for TensorBoard
+        tensorboard/    the same scalars and images for TensorBoard; at the end the test
+                        metrics, the hyperparameters (HParams tab) and the config as text
+        provenance.json what ran it, where and when: one entry per start or resume
+        console.log     the console output of a run started by ``flowzoo sweep``
+        wandb/          the Weights & Biases files, with ``logging.wandb.project`` set
+
+A process that trains in a run directory holds a lock on it (``.lock``): a second
+process (another ``flowzoo resume``, a sweep run twice at once) stops with an error
+instead of writing into the same files.
 """
 
 from __future__ import annotations
 
-__all__ = ["RunDir"]
+__all__ = ["RunDir", "flat_config", "git_state", "lock_directory"]
 
+import dataclasses
+import datetime
+import importlib.metadata
 import json
+import os
+import platform
+import shlex
+import socket
+import subprocess
+import sys
 import time
+import uuid
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import IO, Any, Iterator, Mapping
 
+import torch
 import yaml
 
 from flowzoo.errors import CheckpointError
 from flowzoo.images import save_png
+
+try:
+    import fcntl
+except ImportError:  # Windows: no POSIX locks, runs are not guarded
+    fcntl = None
+
+
+def flat_config(node: Any, path: str = "") -> dict[str, Any]:
+    """A config's values by dotted key: nested mappings are flattened, lists are values.
+
+    Example:
+        >>> flat_config({"seed": 1, "trainer": {"lr": 0.001}, "model": {"flows": [{"name": "iaf"}]}})
+        {'seed': 1, 'trainer.lr': 0.001, 'model.flows': [{'name': 'iaf'}]}
+    """
+    if dataclasses.is_dataclass(node):
+        node = dataclasses.asdict(node)
+    if isinstance(node, Mapping):
+        return {flat_key: flat_value for key, value in node.items()
+                for flat_key, flat_value in flat_config(value, f"{path}.{key}" if path else str(key)).items()}
+    return {path: node}
+
+
+def git_state(directory: str | Path) -> dict[str, Any] | None:
+    """The git work tree holding ``directory``: its root, commit and whether tracked files have
+    uncommitted changes; None outside a work tree or without git."""
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(directory), *args], capture_output=True, text=True, timeout=30)
+
+    try:
+        root = git("rev-parse", "--show-toplevel")
+        if root.returncode != 0:
+            return None
+        commit = git("rev-parse", "HEAD")  # fails in a repository without commits
+        changes = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"root": root.stdout.strip(), "commit": commit.stdout.strip() if commit.returncode == 0 else None,
+            "dirty": bool(changes.stdout.strip()) if changes.returncode == 0 else None}
+
+
+def lock_directory(path: Path, what: str) -> IO[str]:
+    """Hold the POSIX lock of ``path/.lock`` for as long as the returned file stays open (at most
+    until this process ends); raises :class:`CheckpointError` while another process holds it."""
+    handle = open(path / ".lock", "a+")
+    if fcntl is not None:
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise CheckpointError(f"{path} is in use by {holder}: {what} can start once it has ended") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    return handle
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    model = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").is_file():
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        model = names[0] if names else model
+    threads = torch.get_num_threads()
+    return f"{device.type} ({model}, {threads} thread{'s' if threads != 1 else ''})"
+
+
+_ENVIRONMENT = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_PARTITION", "SLURMD_NODENAME",
+                "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")
+"""Environment variables that say where a job ran, recorded when set."""
+
+
+def _attempt(device: torch.device) -> dict[str, Any]:
+    """What this process is: one start or resume of a run."""
+    return {
+        "command": shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),
+        "cwd": os.getcwd(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "device": _device_name(device),
+        "versions": {"flowzoo": _version("flowzoo"), "torch": torch.__version__, "nflows": _version("nflows"),
+                     "python": platform.python_version(), "cuda": torch.version.cuda},
+        "git": git_state(os.getcwd()),
+        "flowzoo_git": git_state(Path(__file__).parent),  # the code, when it is not where the run started
+        "environment": {key: os.environ[key] for key in _ENVIRONMENT if key in os.environ},
+        "started": _now(),
+        "finished": None,
+    }
+
+
+def _hparam(value: Any) -> int | float | str | bool:
+    """A config value as TensorBoard's HParams plugin takes it: numbers, strings and booleans as they are."""
+    if isinstance(value, (int, float, str, bool)):
+        return value
+    return "null" if value is None else yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
 
 
 class RunDir:
@@ -38,7 +168,12 @@ class RunDir:
         self.last = self.path / "last.pt"
         self.images = self.path / "images"
         self.tensorboard_dir = self.path / "tensorboard"
+        self.provenance_file = self.path / "provenance.json"
+        self.console_log = self.path / "console.log"
         self._writer = None
+        self._config: Mapping[str, Any] | None = None
+        self._lock: IO[str] | None = None
+        self._wandb = None
 
     @classmethod
     def create(cls, output_dir: str | Path, name: str, config: Mapping[str, Any]) -> "RunDir":
@@ -55,6 +190,16 @@ class RunDir:
         return run
 
     @classmethod
+    def fresh(cls, path: str | Path) -> "RunDir":
+        """A given directory for a new run (``flowzoo train --run-dir``): missing, or left by a start
+        that never reached its first checkpoint; raises :class:`CheckpointError` if it holds a run."""
+        run = cls(path)
+        if run.last.is_file():
+            raise CheckpointError(f"{run.path} already holds a run (last.pt): `flowzoo resume {run.path}` "
+                                  "continues it; choose another directory for a new run")
+        return run
+
+    @classmethod
     def open(cls, path: str | Path) -> "RunDir":
         """An existing run directory; raises :class:`CheckpointError` if it is not one."""
         run = cls(path)
@@ -66,8 +211,80 @@ class RunDir:
         """Write the resolved config (as plain data) to ``config.yaml``."""
         self.config_file.write_text(yaml.safe_dump(dict(config), sort_keys=False, allow_unicode=True))
 
+    def begin(self, config: Mapping[str, Any], device: torch.device) -> None:
+        """Claim the directory for this process (see the module docstring) and record the start:
+        ``config.yaml`` (the resolved config as plain data), a new attempt in ``provenance.json``
+        and, if configured, a W&B run."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = lock_directory(self.path, "this run")
+        self.write_config(config)
+        self._config = config
+        provenance = self.provenance()
+        provenance.setdefault("attempts", []).append(_attempt(device))
+        if config["logging"]["wandb"]["project"]:
+            self._wandb = self._start_wandb(config, provenance)
+        self._write_provenance(provenance)
+
+    def finish(self, kind: str, metrics: Mapping[str, Any], step: int) -> None:
+        """Record the end of a run begun by :meth:`begin` whose final evaluation was logged as
+        ``kind``: its end time; with ``trainer.tensorboard``, the metrics, the hyperparameters
+        and the config for TensorBoard; the W&B summary."""
+        provenance = self.provenance()
+        provenance["attempts"][-1]["finished"] = _now()
+        self._write_provenance(provenance)
+        numbers = {f"{kind}/{key}": value for key, value in metrics.items() if _is_number(value)}
+        if self._config["trainer"]["tensorboard"]:
+            self._tensorboard_summary(numbers, step)
+        if self._wandb is not None:
+            self._wandb.summary.update(numbers)
+            self._wandb.finish()
+            self._wandb = None
+        self._lock.close()
+        self._lock = None
+
+    def provenance(self) -> dict[str, Any]:
+        """The contents of ``provenance.json``: ``attempts`` (one per start or resume: command,
+        working directory, host, process, device, versions, git state, environment, start and
+        end times) and, for a sweep's run, ``sweep``; empty before the run has begun."""
+        return json.loads(self.provenance_file.read_text()) if self.provenance_file.is_file() else {}
+
+    def record_sweep_point(self, point: Mapping[str, Any]) -> None:
+        """Say in ``provenance.json`` which sweep point this run is (before the run begins)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._write_provenance({**self.provenance(), "sweep": dict(point)})
+
+    def _write_provenance(self, provenance: Mapping[str, Any]) -> None:
+        partial = self.provenance_file.with_name(self.provenance_file.name + ".partial")
+        partial.write_text(json.dumps(provenance, indent=2) + "\n")
+        os.replace(partial, self.provenance_file)
+
+    def _start_wandb(self, config: Mapping[str, Any], provenance: dict[str, Any]):
+        import wandb  # optional: checked by the config's validation
+
+        settings = config["logging"]["wandb"]
+        # A fixed id, kept in provenance.json, makes a resumed run continue the same W&B run.
+        provenance.setdefault("wandb_id", uuid.uuid4().hex[:12])
+        return wandb.init(project=settings["project"], entity=settings["entity"], group=settings["group"],
+                          tags=list(settings["tags"]), mode=settings["mode"], dir=str(self.path), name=self.path.name,
+                          id=provenance["wandb_id"], resume="allow", config=dict(config))
+
+    def _tensorboard_summary(self, numbers: Mapping[str, float], step: int) -> None:
+        """The final metrics as scalars and as the metrics of this run's HParams session, in the run's own
+        event directory (``SummaryWriter.add_hparams`` would put them in a directory of their own)."""
+        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import hparams
+
+        writer = SummaryWriter(self.tensorboard_dir)
+        parameters = {key: _hparam(value) for key, value in flat_config(self._config).items()}
+        for summary in hparams(parameters, dict(numbers)):
+            writer.file_writer.add_summary(summary)
+        for tag, value in numbers.items():
+            writer.add_scalar(tag, value, step)
+        writer.close()
+
     def open_tensorboard(self, purge_step: int = 0) -> None:
-        """Also write scalars and images as TensorBoard events from now on.
+        """Also write scalars and images as TensorBoard events from now on, starting with the
+        config as text.
 
         Events of an earlier attempt at steps ≥ ``purge_step`` (after the checkpoint a
         resumed run starts from) are hidden by TensorBoard.
@@ -75,6 +292,9 @@ class RunDir:
         from torch.utils.tensorboard import SummaryWriter  # slow import, needed by training only
 
         self._writer = SummaryWriter(self.tensorboard_dir, purge_step=purge_step or None)
+        if self.config_file.is_file():  # indented: TensorBoard's text plugin shows Markdown
+            text = "\n".join("    " + line for line in self.config_file.read_text().splitlines())
+            self._writer.add_text("config", text, purge_step)
 
     def close(self) -> None:
         if self._writer is not None:
@@ -82,14 +302,20 @@ class RunDir:
             self._writer = None
 
     def log(self, kind: str, **record: Any) -> None:
-        """Append one record to ``metrics.jsonl``; its numbers also go to TensorBoard as ``kind/key``."""
+        """Append one record to ``metrics.jsonl``; its numbers also go to TensorBoard and W&B as
+        ``kind/key`` (the final evaluation reaches W&B as its summary, see :meth:`finish`)."""
         with open(self.metrics_file, "a") as file:
             file.write(json.dumps({"kind": kind, "time": round(time.time(), 3), **record}) + "\n")
-        if self._writer is not None and "step" in record:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("step", "epoch"):
-                    self._writer.add_scalar(f"{kind}/{key}", value, record["step"])
+        if "step" not in record:
+            return
+        numbers = {f"{kind}/{key}": value for key, value in record.items()
+                   if _is_number(value) and key not in ("step", "epoch")}
+        if self._writer is not None:
+            for tag, value in numbers.items():
+                self._writer.add_scalar(tag, value, record["step"])
             self._writer.flush()
+        if self._wandb is not None and kind not in ("test", "eval"):  # those are at the best step, behind W&B's
+            self._wandb.log(numbers, step=record["step"])
 
     def metrics_size(self) -> int:
         """Bytes in ``metrics.jsonl`` so far: stored in checkpoints to undo records written after them."""
@@ -119,3 +345,7 @@ class RunDir:
                 record = json.loads(line)
                 if kind is None or record["kind"] == kind:
                     yield record
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
