@@ -21,6 +21,7 @@ from flowzoo.registry import datasets
 from flowzoo.runs import RunDir
 from flowzoo.trainer import Trainer, resolve_device
 from flowzoo.images import image_grid, save_png
+from flowzoo.legacy import saved_config
 from flowzoo.vae import VariationalModel, build_model
 
 RESUMABLE_KEYS = (
@@ -80,7 +81,7 @@ def resume(run_dir: str | Path, overrides: Iterable[str] = ()) -> Run:
         raise ConfigError([Problem(item.partition("=")[0], "a resumed run can change only "
                                    f"{', '.join(k + '*' if k.endswith('.') else k for k in RESUMABLE_KEYS)}")
                            for item in fixed])
-    config = load_config(run.config_file, overrides)
+    config = load_config(saved_config(run.config_file), overrides)
     return _fit(config, run, load_checkpoint(run.last))
 
 
@@ -94,7 +95,7 @@ def _latest_run(config: DictConfig) -> RunDir:
         raise CheckpointError(f"--resume: no run of '{config.name}' with a checkpoint in {config.output_dir}/; "
                               "start one without --resume")
     run = RunDir.open(runs[-1].parent)
-    saved = _flatten(OmegaConf.to_container(OmegaConf.load(run.config_file)))
+    saved = _flatten(OmegaConf.to_container(load_config(saved_config(run.config_file))))
     now = _flatten(OmegaConf.to_container(config))
     changed = [Problem(key, f"is {now.get(key)!r} here but {saved.get(key)!r} in {run.config_file}")
                for key in sorted(set(saved) | set(now))
@@ -169,7 +170,7 @@ def load_run(run_dir: str | Path, overrides: Iterable[str] = ()) -> tuple[DictCo
     if fixed:
         raise ConfigError([Problem(item.partition("=")[0], "only eval.* and trainer.device can be changed "
                                    "when loading a saved run") for item in fixed])
-    config = load_config(run.config_file, overrides)
+    config = load_config(saved_config(run.config_file), overrides)
     dataset = datasets.build(config.data, "data")
     model = build_model(config.model, dataset.shape)
     checkpoint = load_checkpoint(run.best)
