@@ -269,7 +269,10 @@ FlowList = Annotated[
 ]
 
 
-@register_model("vae")
+@register_model("vae", test_parameters={  # the small VAE of the contract checks (flowzoo.contracts)
+    "latent_size": 4, "context_size": 3, "flows": [{"name": "iaf", "hidden_features": 8}],
+    "encoder": {"name": "mlp", "hidden_sizes": [16]}, "decoder": {"name": "mlp", "hidden_sizes": [16]},
+})
 def compose_vae(
     data_shape: Sequence[int],
     *,
