@@ -18,6 +18,7 @@ import yaml
 from conftest import FIXTURES
 from flowzoo import evaluate_run, train
 from flowzoo.errors import ConfigError
+from flowzoo.ema import EMA
 from flowzoo.flows import AffineIAF, GatedIAF, ResidualGatedIAF
 from flowzoo.legacy import saved_config
 from flowzoo.registry import flows
@@ -25,6 +26,7 @@ from flowzoo.vae import build_model
 
 RUNS = sorted(path for path in (FIXTURES / "legacy_runs").iterdir() if path.is_dir())
 RECORD_KEYS = ("kind", "time", "step", "epoch", "split")  # what a record says besides the metrics
+IAF_STEPS = (GatedIAF, AffineIAF)  # the modules renamed by issue 13 (ResidualGatedIAF is a GatedIAF)
 
 
 def flat(metrics: dict, prefix: str = "") -> dict:
@@ -97,16 +99,23 @@ def test_an_old_run_resumes_from_its_checkpoint(old_run):
     assert "hidden_layers" in (copy / "config.yaml").read_text()  # saved again, with today's names
 
 
-def old_layout(state: dict) -> dict:
-    """A state dict as flowzoo wrote it before issue 13: the IAF's MADE under ``made``."""
-    return {key.replace("autoregressive_net.", "made."): value for key, value in state.items()}
+def old_layout(module: torch.nn.Module, state: dict) -> dict:
+    """``module``'s state as flowzoo wrote it before issue 13: each IAF step's MADE under
+    ``made`` (nflows' own transforms kept ``autoregressive_net``)."""
+    steps = [f"{name}." if name else "" for name, part in module.named_modules() if isinstance(part, IAF_STEPS)]
+
+    def old(key: str) -> str:
+        step = next((prefix for prefix in steps if key.startswith(f"{prefix}autoregressive_net.")), None)
+        return key if step is None else f"{step}made.{key[len(step) + len('autoregressive_net.'):]}"
+
+    return {old(key): value for key, value in state.items()}
 
 
 @pytest.mark.parametrize("flow_class", [GatedIAF, ResidualGatedIAF, AffineIAF])
 def test_an_iaf_step_loads_a_state_saved_with_the_old_key_names(flow_class):
     torch.manual_seed(0)
     saved = flow_class(features=4, context_features=3, hidden_features=8)
-    old = old_layout(saved.state_dict())
+    old = old_layout(saved, saved.state_dict())
     assert any(key.startswith("made.") for key in old) and not any("autoregressive_net" in key for key in old)
     torch.manual_seed(1)
     fresh = flow_class(features=4, context_features=3, hidden_features=8)
@@ -116,23 +125,42 @@ def test_an_iaf_step_loads_a_state_saved_with_the_old_key_names(flow_class):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+SPEC = {"latent_size": 4, "context_size": 3, "encoder": {"name": "mlp", "hidden_sizes": [8]},
+        "decoder": {"name": "mlp", "hidden_sizes": [8]},
+        "flows": [{"name": "iaf", "hidden_features": 8, "repeat": 2, "between": "reverse"},
+                  {"name": "masked_affine_autoregressive", "hidden_features": 8}]}
+"""A VAE with IAF steps (renamed modules) and an nflows transform (not renamed)."""
+
+
 def test_a_model_loads_old_keys_of_the_iaf_steps_it_holds():
     """The remap works through any load_state_dict that reaches the step: here the whole VAE's."""
-    spec = {"latent_size": 4, "context_size": 3, "encoder": {"name": "mlp", "hidden_sizes": [8]},
-            "decoder": {"name": "mlp", "hidden_sizes": [8]},
-            "flows": [{"name": "iaf", "hidden_features": 8, "repeat": 2, "between": "reverse"},
-                      {"name": "masked_affine_autoregressive", "hidden_features": 8}]}
     torch.manual_seed(0)
-    saved = build_model(spec, (1, 4, 4))
-    old = old_layout(saved.state_dict())
-    # Only the IAF steps were renamed: nflows' own transform keeps autoregressive_net.
-    old = {key.replace("_transforms.3.made.", "_transforms.3.autoregressive_net."): v for key, v in old.items()}
+    saved = build_model(SPEC, (1, 4, 4))
+    old = old_layout(saved, saved.state_dict())
     assert "flows._transforms.0.made.final_layer.weight" in old
+    assert "flows._transforms.3.autoregressive_net.final_layer.weight" in old  # nflows' transform, not renamed
     torch.manual_seed(1)
-    fresh = build_model(spec, (1, 4, 4))
+    fresh = build_model(SPEC, (1, 4, 4))
     fresh.load_state_dict(old)
     for key, value in saved.state_dict().items():
         torch.testing.assert_close(fresh.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_the_polyak_average_in_an_old_checkpoint_loads():
+    """A resumed run's EMA reads its averaged weights through the model, so the old IAF keys load there too."""
+    torch.manual_seed(0)
+    model = build_model(SPEC, (1, 4, 4))
+    average = EMA(model, decay=0.9)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    average.update(step=100)
+    torch.manual_seed(1)
+    fresh = EMA(build_model(SPEC, (1, 4, 4)), decay=0.9)
+    fresh.load_state_dict(old_layout(model, average.state_dict()))
+    assert fresh.shadow.keys() == average.shadow.keys()
+    for key, value in average.shadow.items():
+        torch.testing.assert_close(fresh.shadow[key], value, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("old, new, hint", [
