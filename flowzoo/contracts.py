@@ -160,7 +160,7 @@ def build(kind: str, spec: str | Mapping[str, Any], seed: int | None = None, **i
     try:
         return registry.build({**(small or {}), **spec}, registry.kind, **injected)
     except ConfigError as error:
-        if small is not None or name not in registry:
+        if small is not None or not any(problem.message.startswith("missing") for problem in error.problems):
             raise
         hint = (f"the checks build a {registry.kind} from its registration's test_parameters, under the given spec: "
                 f"@register_{registry.kind}({name!r}, test_parameters={{...}}) gives a small one")

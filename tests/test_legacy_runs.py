@@ -17,11 +17,11 @@ import yaml
 
 from conftest import FIXTURES
 from flowzoo import evaluate_run, train
+from flowzoo.contracts import build
 from flowzoo.errors import ConfigError
 from flowzoo.ema import EMA
 from flowzoo.flows import AffineIAF, GatedIAF, ResidualGatedIAF
 from flowzoo.legacy import saved_config
-from flowzoo.registry import flows
 from flowzoo.vae import build_model
 
 RUNS = sorted(path for path in (FIXTURES / "legacy_runs").iterdir() if path.is_dir())
@@ -172,7 +172,7 @@ def test_the_polyak_average_in_an_old_checkpoint_loads():
 def test_an_old_name_in_a_users_spec_points_at_the_new_one(old, new, hint):
     """A user's YAML is not upgraded silently: the old name is unknown, and the message names its successor."""
     with pytest.raises(ConfigError) as error:
-        flows.build(old, "flow", features=4, context_features=0)
+        build("flows", old, features=4, context_features=0)
     (problem,) = error.value.problems
     assert "unknown parameter" in problem.message and f"Did you mean '{new}'?" in problem.message, problem
     assert hint in problem.message
