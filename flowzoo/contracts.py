@@ -235,8 +235,10 @@ def _shapes_result(named: Mapping[str, tuple[Tensor | None, tuple[int, ...] | No
     return PASS, ", ".join(f"{name} {tuple(t.shape)}" for name, (t, _) in named.items() if t is not None), None
 
 
-def gradient_check(module: nn.Module, loss: Tensor, inputs: Mapping[str, Tensor] = {}) -> tuple[str, str, None]:
-    """Back-propagate ``loss``: every parameter of ``module`` (and every input) gets a finite gradient."""
+def gradient_check(module: nn.Module, loss: Tensor,
+                   inputs: Mapping[str, Tensor] | None = None) -> tuple[str, str, None]:
+    """Back-propagate ``loss``: every parameter of ``module`` (and every named input) gets a finite gradient."""
+    inputs = inputs or {}
     loss.backward()
     parameters = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
     missing = [name for name, p in parameters if p.grad is None]
