@@ -168,7 +168,7 @@ def test_the_configs_build_the_models_they_describe(config):
     [
         ({"levels": 3}, "model", "28×28 images cannot be halved 3 times"),
         ({"block": {"name": "iaff"}}, "model.block.name", "Did you mean 'iaf'?"),
-        ({"block": {"name": "gaussian", "hidden_layers": 2}}, "model.block.hidden_layers", "unknown parameter"),
+        ({"block": {"name": "gaussian", "ar_layers": 2}}, "model.block.ar_layers", "unknown parameter"),
         ({"width": 0}, "model.width", "expected an integer ≥ 1"),
         ({"latent_size": 32}, "model.latent_size", "Did you mean 'latent_channels'?"),
     ],
