@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from common import describe_machine, synchronize
-from nflows.transforms import MaskedAffineAutoregressiveTransform, Transform
+from nflows.transforms import Transform
 from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
 from flowzoo.console import parameter_count
+from flowzoo.flows.autoregressive import masked_affine_autoregressive
 from flowzoo.flows.iaf import GatedIAF
 
 # The flow step of configs/mnist_iaf.yaml.
@@ -49,16 +49,9 @@ LABELS = {
 def build_steps() -> dict[str, Transform]:
     """The two flow steps, keyed as in :data:`LABELS`, with identical MADEs."""
     return {
-        "iaf": GatedIAF(FEATURES, CONTEXT_FEATURES, HIDDEN_FEATURES, HIDDEN_LAYERS, activation="elu"),
-        # nflows counts the hidden layers after the first as blocks; GatedIAF's are plain, not residual.
-        "maf": MaskedAffineAutoregressiveTransform(
-            features=FEATURES,
-            hidden_features=HIDDEN_FEATURES,
-            context_features=CONTEXT_FEATURES,
-            num_blocks=HIDDEN_LAYERS - 1,
-            use_residual_blocks=False,
-            activation=F.elu,
-        ),
+        "iaf": GatedIAF(FEATURES, CONTEXT_FEATURES, HIDDEN_FEATURES, HIDDEN_LAYERS),
+        # nflows' transform, its MADE built from the same arguments (flowzoo.flows.autoregressive.made_arguments).
+        "maf": masked_affine_autoregressive(FEATURES, CONTEXT_FEATURES, HIDDEN_FEATURES, HIDDEN_LAYERS),
     }
 
 

@@ -237,7 +237,7 @@ class IAFBlock(GaussianBlock):
         top: whether this is the topmost block (set by the model).
         kernel_size: spatial size of the convolutions.
         residual_scale: α, the scale of the residual updates at every step.
-        ar_layers: hidden layers of the autoregressive network (each ``width`` channels).
+        hidden_layers: hidden layers of the autoregressive network (each ``width`` channels).
         gate_bias: initial bias of ``s``; ``sigmoid(2) ≈ 0.88``.
 
     References:
@@ -253,10 +253,10 @@ class IAFBlock(GaussianBlock):
     """
 
     def __init__(self, width: int, latent_channels: int, downsample: bool, top: bool = False,
-                 kernel_size: PositiveInt = 3, residual_scale: NonNegativeFloat = 0.1, ar_layers: PositiveInt = 2,
+                 kernel_size: PositiveInt = 3, residual_scale: NonNegativeFloat = 0.1, hidden_layers: PositiveInt = 2,
                  gate_bias: float = 2.0):
         super().__init__(width, latent_channels, downsample, top, kernel_size, residual_scale)
-        self.autoregressive = AutoregressiveConvNet(latent_channels, width, ar_layers, kernel_size)
+        self.autoregressive = AutoregressiveConvNet(latent_channels, width, hidden_layers, kernel_size)
         output = self.autoregressive.output
         start_near_identity(output.weight, output.bias[:latent_channels], output.bias[latent_channels:], gate_bias)
 

@@ -41,6 +41,7 @@ class EMA:
     """
 
     def __init__(self, model: nn.Module, decay: float):
+        self.model = model
         self.decay = decay
         self.names = [name for name, _ in self._averaged(model)]
         self.current = [value for _, value in self._averaged(model)]  # views sharing the live weights
@@ -73,5 +74,11 @@ class EMA:
         return dict(self.shadow)
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        for name, value in state.items():
-            self.shadow[name].copy_(value)
+        """Averaged weights from :meth:`state_dict`, read through the model's own ``load_state_dict``
+        so that modules renaming their keys as they load (:mod:`flowzoo.legacy`) read old checkpoints."""
+        with self.applied(self.model):
+            unexpected = self.model.load_state_dict(state, strict=False).unexpected_keys
+            if unexpected:
+                raise KeyError(f"averaged weights of parameters the model does not have: {', '.join(unexpected)}")
+            for name, value in zip(self.names, self.current):
+                self.shadow[name].copy_(value)

@@ -16,6 +16,8 @@ import difflib
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from flowzoo.legacy import RENAMED_PARAMETERS
+
 
 class FlowzooError(Exception):
     """An error caused by the user's input (config, data, checkpoint, plugin).
@@ -64,14 +66,20 @@ class TrainingError(FlowzooError):
 
 
 def did_you_mean(word: str, choices: Iterable[str], *, kind: str = "") -> str:
-    """Suggest the closest valid choice and list all of them.
+    """Suggest the closest valid choice, or the new name of a renamed one, and list all of them.
 
     Example:
         >>> did_you_mean("iaff", ["iaf", "reverse"])
         "Did you mean 'iaf'? Available: iaf, reverse"
+        >>> did_you_mean("ar_layers", ["hidden_layers", "kernel_size"]).split(" Available")[0]
+        "Did you mean 'hidden_layers'? (the new name of ar_layers: the same number)"
     """
     choices = sorted(choices)
-    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
-    hint = f"Did you mean '{close[0]}'? " if close else ""
+    new_name, change = RENAMED_PARAMETERS.get(str(word), (None, ""))
+    if new_name in choices:
+        hint = f"Did you mean '{new_name}'? (the new name of {word}: {change}) "
+    else:
+        close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
+        hint = f"Did you mean '{close[0]}'? " if close else ""
     label = f"Available {kind}: " if kind else "Available: "
     return f"{hint}{label}{', '.join(choices) if choices else '(none)'}"

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
-import yaml
 
 from flowzoo.checkpoint import evaluation_weights, load_checkpoint
 from flowzoo.config import EvalConfig, ExperimentConfig, load_config
@@ -18,6 +17,7 @@ from flowzoo.distributed import Distributed, resolve_device, setup_distributed
 from flowzoo.errors import CheckpointError, ConfigError, Problem
 from flowzoo.evaluation import evaluate, evaluation_settings
 from flowzoo.images import image_grid, save_png
+from flowzoo.legacy import saved_config
 from flowzoo.registry import datasets, models
 from flowzoo.runs import RunDir, flat_config
 from flowzoo.trainer import Trainer
@@ -84,7 +84,7 @@ def resume(run_dir: str | Path, overrides: Iterable[str] = ()) -> Run:
         raise ConfigError([Problem(item.partition("=")[0], "a resumed run can change only "
                                    f"{', '.join(k + '*' if k.endswith('.') else k for k in RESUMABLE_KEYS)}")
                            for item in fixed])
-    config = load_config(run.config_file, overrides)
+    config = load_config(saved_config(run.config_file), overrides)
     return _fit(config, run, load_checkpoint(run.last))
 
 
@@ -98,7 +98,7 @@ def _latest_run(config: ExperimentConfig) -> RunDir:
         raise CheckpointError(f"--resume: no run of '{config.name}' with a checkpoint in {config.output_dir}/; "
                               "start one without --resume")
     run = RunDir.open(runs[-1].parent)
-    saved = flat_config(yaml.safe_load(run.config_file.read_text()))
+    saved = flat_config(load_config(saved_config(run.config_file)))
     now = flat_config(config)
     changed = [Problem(key, f"is {now.get(key)!r} here but {saved.get(key)!r} in {run.config_file}")
                for key in sorted(set(saved) | set(now))
@@ -169,7 +169,7 @@ def load_run(run_dir: str | Path, overrides: Iterable[str] = ()) -> tuple[Experi
     if fixed:
         raise ConfigError([Problem(item.partition("=")[0], "only eval.* and trainer.device can be changed "
                                    "when loading a saved run") for item in fixed])
-    config = load_config(run.config_file, overrides)
+    config = load_config(saved_config(run.config_file), overrides)
     dataset, model = _build(config)
     checkpoint = load_checkpoint(run.best)
     try:

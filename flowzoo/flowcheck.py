@@ -9,68 +9,17 @@ plugin author's tests.
 
 from __future__ import annotations
 
-__all__ = ["Check", "FlowCheck", "check_flow", "jacobians"]
+__all__ = ["check_flow", "jacobians"]
 
-import dataclasses
-import io
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 from nflows.transforms import InverseNotAvailable
-from rich.table import Table
 from torch import nn
 from torch.autograd.functional import jacobian
 
+from flowzoo.contracts import FAIL, PASS, SKIP, Report, build, gradient_check, perturb, run_check, save_load_check
 from flowzoo.registry import flows
-
-PASS, FAIL, SKIP = "pass", "FAIL", "skip"
-
-
-@dataclasses.dataclass(frozen=True)
-class Check:
-    """The outcome of one check: ``status`` is pass, FAIL or skip; ``error`` the largest deviation."""
-
-    name: str
-    status: str
-    detail: str
-    error: float | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class FlowCheck:
-    """All checks of one flow at one size."""
-
-    flow: str
-    spec: Mapping[str, Any]
-    checks: tuple[Check, ...]
-    tolerance: float
-
-    @property
-    def passed(self) -> bool:
-        return all(check.status != FAIL for check in self.checks)
-
-    @property
-    def failures(self) -> list[Check]:
-        return [check for check in self.checks if check.status == FAIL]
-
-    def table(self) -> Table:
-        """The checks as a rich table."""
-        verdict = "[green]passed[/]" if self.passed else f"[red]{len(self.failures)} failed[/]"
-        table = Table(title=f"check-flow {self.flow}: {verdict}", title_justify="left",
-                      caption=f"float64, tolerance {self.tolerance:g}", caption_justify="left")
-        for column in ("check", "result", "max error", "detail"):
-            table.add_column(column, justify="right" if column == "max error" else "left")
-        colours = {PASS: "green", FAIL: "bold red", SKIP: "yellow"}
-        for check in self.checks:
-            error = "" if check.error is None else f"{check.error:.2e}"
-            table.add_row(check.name, f"[{colours[check.status]}]{check.status}[/]", error, check.detail)
-        return table
-
-    def assert_passed(self) -> None:
-        """Raise ``AssertionError`` naming every failed check; for use in tests."""
-        if not self.passed:
-            lines = [f"  {c.name}: {c.detail}" for c in self.failures]
-            raise AssertionError(f"flow '{self.flow}' failed {len(lines)} check(s):\n" + "\n".join(lines))
 
 
 def jacobians(flow: nn.Module, z: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
@@ -91,7 +40,7 @@ def check_flow(
     seed: int = 0,
     perturbation: float = 0.3,
     tolerance: float = 1e-6,
-) -> FlowCheck:
+) -> Report:
     """Build a registered flow small, in float64, and check it against autograd.
 
     Checks: output shapes; log-det against ``log|det J|`` of the autograd Jacobian;
@@ -119,45 +68,29 @@ def check_flow(
         (True, ['output shapes', 'log-det = log|det J|', 'finite gradients', 'inverse', 'save/load'])
     """
     spec = {"name": flow} if isinstance(flow, str) else dict(flow)
-    build = _builder(spec, features, context_features, perturbation)
-    module = build(seed)
+
+    def build_flow(seed: int) -> nn.Module:
+        module = build("flows", spec, seed, features=features, context_features=context_features).double()
+        return perturb(module, perturbation)
+
+    module = build_flow(seed)
     generator = torch.Generator().manual_seed(seed + 1)
     z = torch.randn(batch_size, features, generator=generator, dtype=torch.float64)
     context = torch.randn(batch_size, context_features, generator=generator, dtype=torch.float64)
     context = context if context_features else None
     triangular = flows[spec["name"]].tags.get("triangular")
 
-    checks = [_run("output shapes", lambda: _shapes(module, z, context))]
+    checks = [run_check("output shapes", lambda: _shapes(module, z, context))]
     if checks[0].status == PASS:
-        checks.append(_run("log-det = log|det J|", lambda: _logabsdet(module, z, context, tolerance)))
-        checks.append(_run("finite gradients", lambda: _gradients(module, z, context)))
+        checks.append(run_check("log-det = log|det J|", lambda: _logabsdet(module, z, context, tolerance)))
+        checks.append(run_check("finite gradients", lambda: _gradients(module, z, context)))
         if triangular:
-            checks.append(_run(f"{triangular} triangular J", lambda: _triangular(module, z, context, triangular,
-                                                                                 tolerance)))
-        checks.append(_run("inverse", lambda: _inverse(module, z, context, tolerance)))
-        checks.append(_run("save/load", lambda: _save_load(module, build(seed + 100), z, context)))
-    return FlowCheck(spec["name"], spec, tuple(checks), tolerance)
-
-
-def _builder(spec: dict, features: int, context_features: int, perturbation: float) -> Callable[[int], nn.Module]:
-    def build(seed: int) -> nn.Module:
-        torch.manual_seed(seed)
-        module = flows.build(spec, "flow", features=features, context_features=context_features).double()
-        with torch.no_grad():
-            for parameter in module.parameters():
-                fan_in = parameter.shape[-1] if parameter.dim() > 1 else 1
-                parameter.add_(perturbation / fan_in**0.5 * torch.randn_like(parameter))
-        return module
-
-    return build
-
-
-def _run(name: str, check: Callable[[], tuple[str, str, float | None]]) -> Check:
-    try:
-        status, detail, error = check()
-    except Exception as exception:  # a crashing flow is a failed check, reported like the others
-        return Check(name, FAIL, f"raised {type(exception).__name__}: {exception}")
-    return Check(name, status, detail, error)
+            checks.append(run_check(f"{triangular} triangular J",
+                                    lambda: _triangular(module, z, context, triangular, tolerance)))
+        checks.append(run_check("inverse", lambda: _inverse(module, z, context, tolerance)))
+        checks.append(run_check("save/load", lambda: save_load_check(module, build_flow(seed + 100),
+                                                                     lambda flow: flow(z, context=context))))
+    return Report("flow", spec["name"], spec, tuple(checks), caption=f"float64, tolerance {tolerance:g}")
 
 
 def _shapes(flow, z, context):
@@ -179,16 +112,7 @@ def _logabsdet(flow, z, context, tolerance):
 def _gradients(flow, z, context):
     z = z.clone().requires_grad_()
     out, logabsdet = flow(z, context=context)
-    (out.square().sum() + logabsdet.sum()).backward()
-    missing = [name for name, p in flow.named_parameters() if p.requires_grad and p.grad is None]
-    bad = [name for name, p in flow.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-    if not torch.isfinite(z.grad).all():
-        bad.append("the input z")
-    if missing or bad:
-        return FAIL, "; ".join(filter(None, [missing and f"no gradient: {', '.join(missing)}",
-                                             bad and f"non-finite: {', '.join(bad)}"])), None
-    count = sum(1 for _ in flow.parameters())
-    return PASS, f"{count} parameter tensors and the input", None
+    return gradient_check(flow, out.square().sum() + logabsdet.sum(), {"the input": z})
 
 
 def _triangular(flow, z, context, which, tolerance):
@@ -207,12 +131,3 @@ def _inverse(flow, z, context, tolerance):
         return SKIP, str(reason) or "no analytic inverse", None
     error = max((back - z).abs().max().item(), (inverse_logabsdet + logabsdet).abs().max().item())
     return (PASS if error <= tolerance else FAIL), "inverse(forward(z)) = z and its log-det = −log-det", error
-
-
-def _save_load(flow, other, z, context):
-    buffer = io.BytesIO()
-    torch.save(flow.state_dict(), buffer)
-    buffer.seek(0)
-    other.load_state_dict(torch.load(buffer, weights_only=True))
-    error = max((a - b).abs().max().item() for a, b in zip(flow(z, context=context), other(z, context=context)))
-    return (PASS if error == 0 else FAIL), "a fresh build loading the state dict gives the same outputs", error

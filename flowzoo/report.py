@@ -128,7 +128,7 @@ def describe_model(model: Any) -> str:
         '4 × iaf'
         >>> describe_model({"latent_size": 32, "flows": []})
         'no flow'
-        >>> describe_model({"name": "resnet_vae", "width": 32, "block": {"name": "iaf", "ar_layers": 2},
+        >>> describe_model({"name": "resnet_vae", "width": 32, "block": {"name": "iaf", "hidden_layers": 2},
         ...                 "likelihood": {"name": "discretized_logistic"}})
         'resnet_vae: block iaf, likelihood discretized_logistic'
     """

@@ -17,7 +17,7 @@ from flowzoo.schema import PositiveInt
 from flowzoo.vae import VariationalModel
 
 
-@register_model("resnet_vae")
+@register_model("resnet_vae", test_parameters={"width": 8, "latent_channels": 2, "blocks_per_level": 1})
 class ResNetVAE(VariationalModel):
     r"""A hierarchical VAE whose stochastic layers are residual blocks, inferred bidirectionally.
 

@@ -265,7 +265,10 @@ def flow_specs(flows_config: Sequence[Mapping[str, Any]], path: str = "model.flo
 FlowList = Annotated[list, Checked(resolve_flows, "a list of flow specs, each optionally with repeat and between")]
 
 
-@register_model("vae")
+@register_model("vae", test_parameters={  # the small VAE of the contract checks (flowzoo.contracts)
+    "latent_size": 4, "context_size": 3, "flows": [{"name": "iaf", "hidden_features": 8}],
+    "encoder": {"name": "mlp", "hidden_sizes": [16]}, "decoder": {"name": "mlp", "hidden_sizes": [16]},
+})
 def compose_vae(
     data_shape: Sequence[int],
     *,

@@ -38,7 +38,7 @@ def test_mnist_iaf_is_the_documented_architecture():
     model = build_model(config.model, (1, 28, 28))
     steps = [type(step).__name__ for step in model.flows._transforms]
     assert steps == ["GatedIAF", "ReversePermutation"] * 3 + ["GatedIAF"]
-    made = model.flows._transforms[0].made
+    made = model.flows._transforms[0].autoregressive_net
     assert config.model["latent_size"] == 32
     assert made.initial_layer.out_features == 320 and len(made.blocks) == 1  # 2 hidden layers of 320
 

@@ -88,7 +88,7 @@ def test_iaf_jacobian_is_lower_triangular_in_the_latent_order():
 def test_iaf_diagonal_is_the_gate_and_logabsdet_its_log_sum():
     flow = small(GatedIAF, hidden_features=16)
     z, h = inputs()
-    m, s = flow._gate(z, h)
+    m, s = flow._pair(flow.autoregressive_net(z, h))
     J = jacobians(flow, z, h)
     torch.testing.assert_close(torch.diagonal(J, dim1=1, dim2=2), torch.sigmoid(s))
     out, logabsdet = flow(z, context=h)
@@ -114,7 +114,7 @@ def test_iaf_starts_close_to_a_pass_through():
     torch.manual_seed(0)
     flow = GatedIAF(features=32, context_features=32)
     z, h = torch.randn(64, 32), torch.randn(64, 32)
-    _, s = flow._gate(z, h)
+    _, s = flow._pair(flow.autoregressive_net(z, h))
     expected = torch.full_like(s, torch.sigmoid(torch.tensor(2.0)).item())
     torch.testing.assert_close(torch.sigmoid(s), expected, atol=0.02, rtol=0)
 

@@ -1,38 +1,27 @@
-"""Inverse autoregressive flow (IAF) steps: gated, affine (the authors' code) and residual-MADE."""
+"""Inverse autoregressive flow (IAF) steps, gated and affine (the authors' code), on nflows' contract.
+
+Each step is an nflows ``AutoregressiveTransform``: its MADE (``autoregressive_net``,
+built by :func:`~flowzoo.flows.autoregressive.made_arguments`) gives two numbers per
+latent, and the step says only what it does with them, elementwise, forwards
+(``_elementwise_forward``) and backwards (``_elementwise_inverse``); nflows runs the
+single MADE pass forwards and the ``features`` sequential passes of the inverse.
+"""
 
 from __future__ import annotations
 
-__all__ = ["GatedIAF", "ResidualGatedIAF", "AffineIAF", "made", "gated_update", "start_near_identity"]
+__all__ = ["GatedIAF", "ResidualGatedIAF", "AffineIAF", "gated_update", "start_near_identity"]
 
 import torch
 import torch.nn.functional as F
-from nflows.transforms import Transform
+from nflows.transforms.autoregressive import AutoregressiveTransform
 from nflows.transforms.made import MADE
 from torch import Tensor, nn
 
-from flowzoo import layers
+from flowzoo import legacy
+from flowzoo.flows.autoregressive import made_arguments
 from flowzoo.layers import Activation
 from flowzoo.registry import register_flow
 from flowzoo.schema import PositiveFloat, PositiveInt
-
-
-def made(
-    features: int, context_features: int, hidden_features: int, blocks: int, residual: bool, activation: Activation
-) -> MADE:
-    """nflows' MADE giving 2 outputs per latent, each depending only on earlier latents and h.
-
-    ``blocks`` counts the hidden blocks after the first hidden layer, where h is added;
-    a residual block is two masked layers with a skip connection.
-    """
-    return MADE(
-        features=features,
-        hidden_features=hidden_features,
-        context_features=context_features or None,
-        num_blocks=blocks,
-        output_multiplier=2,
-        use_residual_blocks=residual,
-        activation=layers.activation(activation),
-    )
 
 
 def gated_update(z: Tensor, m: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
@@ -50,37 +39,27 @@ def start_near_identity(weight: Tensor, m_bias: Tensor, s_bias: Tensor, gate_bia
     s_bias.fill_(gate_bias)
 
 
-class _Gated(Transform):
-    """The gated update shared by the IAF steps below, whatever their MADE."""
+class _TwoOutputMADE(AutoregressiveTransform):
+    """An autoregressive step whose MADE gives two numbers per latent, paired by :meth:`_pair`."""
 
-    def __init__(self, features: int, made: MADE, gate_bias: float):
-        super().__init__()
+    def __init__(self, features: int, context_features: int, hidden_features: int, hidden_layers: int,
+                 residual: bool, activation: Activation):
         self.features = features
-        self.made = made
-        final = self.made.final_layer
-        start_near_identity(final.weight, final.bias.view(features, 2)[:, 0], final.bias.view(features, 2)[:, 1],
-                            gate_bias)
+        arguments = made_arguments(features, context_features, hidden_features, hidden_layers, residual, activation)
+        super().__init__(MADE(**arguments, output_multiplier=self._output_dim_multiplier()))
+        legacy.load_old_iaf_states(self)
 
-    def _gate(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        params = self.made(z, context).view(-1, self.features, 2)
+    def _output_dim_multiplier(self) -> int:
+        return 2
+
+    def _pair(self, params: Tensor) -> tuple[Tensor, Tensor]:
+        """The MADE's output ``(batch, 2·features)`` as the two numbers of every latent, each ``(batch, features)``."""
+        params = params.view(-1, self.features, 2)
         return params[..., 0], params[..., 1]
-
-    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        z, log_sigma = gated_update(z, *self._gate(z, context))
-        return z, log_sigma.sum(-1)
-
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Invert by ``features`` sequential MADE passes (exact after the last)."""
-        x = torch.zeros_like(z)
-        for _ in range(self.features):
-            m, s = self._gate(x, context)
-            sigma = torch.sigmoid(s)
-            x = (z - (1 - sigma) * m) / sigma
-        return x, -F.logsigmoid(s).sum(-1)
 
 
 @register_flow("iaf", triangular="lower")
-class GatedIAF(_Gated):
+class GatedIAF(_TwoOutputMADE):
     r"""One gated IAF step: a single parallel MADE pass over z.
 
     .. math::
@@ -97,7 +76,9 @@ class GatedIAF(_Gated):
         features: size of z (set by the model).
         context_features: size of the context h, 0 for none (set by the model).
         hidden_features: units in each MADE hidden layer.
-        hidden_layers: number of MADE hidden layers.
+        hidden_layers: MADE hidden layers, counting the first (where h enters).
+        residual: the hidden layers after the first are residual blocks (two masked
+            layers and a skip, h added in each).
         activation: MADE nonlinearity.
         gate_bias: initial bias of ``s``; ``sigmoid(2) ≈ 0.88``.
 
@@ -122,28 +103,41 @@ class GatedIAF(_Gated):
         context_features: int = 0,
         hidden_features: PositiveInt = 320,
         hidden_layers: PositiveInt = 2,
+        residual: bool = False,
         activation: Activation = "elu",
         gate_bias: float = 2.0,
     ):
-        network = made(features, context_features, hidden_features, hidden_layers - 1, False, activation)
-        super().__init__(features, network, gate_bias)
+        super().__init__(features, context_features, hidden_features, hidden_layers, residual, activation)
+        final = self.autoregressive_net.final_layer
+        m_bias, s_bias = final.bias.view(features, 2).unbind(1)
+        start_near_identity(final.weight, m_bias, s_bias, gate_bias)
+
+    def _elementwise_forward(self, inputs: Tensor, autoregressive_params: Tensor) -> tuple[Tensor, Tensor]:
+        z, log_sigma = gated_update(inputs, *self._pair(autoregressive_params))
+        return z, log_sigma.sum(-1)
+
+    def _elementwise_inverse(self, inputs: Tensor, autoregressive_params: Tensor) -> tuple[Tensor, Tensor]:
+        m, s = self._pair(autoregressive_params)
+        sigma = torch.sigmoid(s)
+        return (inputs - (1 - sigma) * m) / sigma, -F.logsigmoid(s).sum(-1)
 
 
 @register_flow("iaf_resnet", triangular="lower")
-class ResidualGatedIAF(_Gated):
+class ResidualGatedIAF(GatedIAF):
     r"""A gated IAF step whose MADE is residual: the "ResNet-style" IAF layer.
 
-    The update and log-det are those of :class:`GatedIAF`; the autoregressive network
-    is nflows' residual MADE: a first masked layer (h added), then ``residual_blocks``
-    blocks of two masked layers with a skip connection, each gating its output with h,
-    which keeps deeper networks trainable (Kingma et al. 2016 use ResNet blocks
-    throughout their models).
+    :class:`GatedIAF` with ``residual`` on: after the first masked layer (h added),
+    ``hidden_layers − 1`` blocks of two masked layers with a skip connection, each
+    gating its output with h, which keeps deeper networks trainable (Kingma et al.
+    2016 use ResNet blocks throughout their models).
 
     Args:
         features: size of z (set by the model).
         context_features: size of the context h, 0 for none (set by the model).
         hidden_features: units in each MADE hidden layer.
-        residual_blocks: number of residual blocks after the first hidden layer.
+        hidden_layers: MADE hidden layers, counting the first: 1 + the residual blocks.
+        residual: the hidden layers after the first are residual blocks (two masked
+            layers and a skip, h added in each).
         activation: MADE nonlinearity.
         gate_bias: initial bias of ``s``; ``sigmoid(2) ≈ 0.88``.
 
@@ -164,16 +158,16 @@ class ResidualGatedIAF(_Gated):
         features: int,
         context_features: int = 0,
         hidden_features: PositiveInt = 320,
-        residual_blocks: PositiveInt = 2,
+        hidden_layers: PositiveInt = 3,
+        residual: bool = True,
         activation: Activation = "elu",
         gate_bias: float = 2.0,
     ):
-        network = made(features, context_features, hidden_features, residual_blocks, True, activation)
-        super().__init__(features, network, gate_bias)
+        super().__init__(features, context_features, hidden_features, hidden_layers, residual, activation, gate_bias)
 
 
 @register_flow("iaf_affine", triangular="lower")
-class AffineIAF(Transform):
+class AffineIAF(_TwoOutputMADE):
     r"""The affine IAF step of the IAF authors' code: a scaled, near-identity shift and scale.
 
     .. math::
@@ -188,7 +182,9 @@ class AffineIAF(Transform):
         features: size of z (set by the model).
         context_features: size of the context h, 0 for none (set by the model).
         hidden_features: units in each MADE hidden layer.
-        hidden_layers: number of MADE hidden layers.
+        hidden_layers: MADE hidden layers, counting the first (where h enters).
+        residual: the hidden layers after the first are residual blocks (two masked
+            layers and a skip, h added in each).
         activation: MADE nonlinearity.
         scale: α, the factor on the MADE's outputs.
 
@@ -210,26 +206,17 @@ class AffineIAF(Transform):
         context_features: int = 0,
         hidden_features: PositiveInt = 320,
         hidden_layers: PositiveInt = 2,
+        residual: bool = False,
         activation: Activation = "elu",
         scale: PositiveFloat = 0.1,
     ):
-        super().__init__()
-        self.features = features
         self.scale = scale
-        self.made = made(features, context_features, hidden_features, hidden_layers - 1, False, activation)
+        super().__init__(features, context_features, hidden_features, hidden_layers, residual, activation)
 
-    def _shift_and_log_scale(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        params = self.scale * self.made(z, context).view(-1, self.features, 2)
-        return params[..., 0], params[..., 1]
+    def _elementwise_forward(self, inputs: Tensor, autoregressive_params: Tensor) -> tuple[Tensor, Tensor]:
+        m, s = self._pair(self.scale * autoregressive_params)
+        return (inputs - m) * torch.exp(-s), -s.sum(-1)
 
-    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        m, s = self._shift_and_log_scale(z, context)
-        return (z - m) * torch.exp(-s), -s.sum(-1)
-
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Invert by ``features`` sequential MADE passes (exact after the last)."""
-        x = torch.zeros_like(z)
-        for _ in range(self.features):
-            m, s = self._shift_and_log_scale(x, context)
-            x = z * torch.exp(s) + m
-        return x, s.sum(-1)
+    def _elementwise_inverse(self, inputs: Tensor, autoregressive_params: Tensor) -> tuple[Tensor, Tensor]:
+        m, s = self._pair(self.scale * autoregressive_params)
+        return inputs * torch.exp(s) + m, s.sum(-1)

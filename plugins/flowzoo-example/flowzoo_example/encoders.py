@@ -13,7 +13,7 @@ from flowzoo.registry import register_encoder
 from flowzoo.schema import NonNegativeInt, PositiveInt
 
 
-@register_encoder("residual_mlp")
+@register_encoder("residual_mlp", test_parameters={"width": 32})  # small, for flowzoo.contracts.check_encoder
 class ResidualMLPEncoder(nn.Module):
     """Flatten, project to ``width`` units, then ``blocks`` residual two-layer blocks.
 

@@ -1,5 +1,5 @@
-"""The plugin's own tests: its flow passes flowzoo's checker, and a VAE built from
-its components by name trains on real binarized MNIST."""
+"""The plugin's own tests: its flow and its encoder keep flowzoo's contracts, and a VAE
+built from its components by name trains on real binarized MNIST."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from flowzoo import load_config, train
+from flowzoo.contracts import check_encoder
 from flowzoo.flowcheck import check_flow
 from flowzoo.registry import encoders, flows
 
@@ -19,6 +20,12 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mnist_coupling.yaml"
 def test_affine_coupling_passes_the_flow_checker(half, context_features):
     check_flow({"name": "affine_coupling", "half": half, "hidden_features": 16},
                context_features=context_features).assert_passed()
+
+
+@pytest.mark.parametrize("blocks", [0, 2])
+def test_residual_mlp_keeps_the_encoder_contract(blocks):
+    """Output (batch, out_features), gradients to every parameter, save/load (width from test_parameters)."""
+    check_encoder({"name": "residual_mlp", "blocks": blocks}).assert_passed()
 
 
 def test_components_are_found_through_the_entry_point():
