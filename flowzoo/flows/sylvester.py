@@ -151,10 +151,8 @@ class OrthogonalSylvester(Sylvester):
         num_ortho_vecs: M, the number of orthonormal columns of Q (at most ``features``;
             ``None`` for ``features``).
         orthogonalization: ``qr`` or ``bjorck``.
-        init: how the map from h starts: ``near_identity`` (flowzoo's) or ``pytorch``
-            (``nn.Linear``'s default, as in the authors' code).
-        triangles: ``packed`` (flowzoo's) or ``shared_square`` (the authors' layout of
-            R's and R̃'s off-diagonals; see :data:`TriangleParameters`).
+        init: ``near_identity`` or ``pytorch`` (the authors'); see :data:`~flowzoo.flows.amortized.FlowInit`.
+        triangles: ``packed`` or ``shared_square`` (the authors'); see :data:`TriangleParameters`.
 
     Example:
         >>> flow = OrthogonalSylvester(features=4, context_features=3, num_ortho_vecs=2)
@@ -195,10 +193,8 @@ class HouseholderSylvester(Sylvester):
         features: size of z (set by the model).
         context_features: size of the context h, 0 for none (set by the model).
         reflections: number of Householder reflections making up Q.
-        init: how the map from h starts: ``near_identity`` (flowzoo's) or ``pytorch``
-            (``nn.Linear``'s default, as in the authors' code).
-        triangles: ``packed`` (flowzoo's) or ``shared_square`` (the authors' layout of
-            R's and R̃'s off-diagonals; see :data:`TriangleParameters`).
+        init: ``near_identity`` or ``pytorch`` (the authors'); see :data:`~flowzoo.flows.amortized.FlowInit`.
+        triangles: ``packed`` or ``shared_square`` (the authors'); see :data:`TriangleParameters`.
 
     Example:
         >>> flow = HouseholderSylvester(features=4, context_features=3, reflections=2)
@@ -238,10 +234,8 @@ class TriangularSylvester(Sylvester):
     Args:
         features: size of z (set by the model).
         context_features: size of the context h, 0 for none (set by the model).
-        init: how the map from h starts: ``near_identity`` (flowzoo's) or ``pytorch``
-            (``nn.Linear``'s default, as in the authors' code).
-        triangles: ``packed`` (flowzoo's) or ``shared_square`` (the authors' layout of
-            R's and R̃'s off-diagonals; see :data:`TriangleParameters`).
+        init: ``near_identity`` or ``pytorch`` (the authors'); see :data:`~flowzoo.flows.amortized.FlowInit`.
+        triangles: ``packed`` or ``shared_square`` (the authors'); see :data:`TriangleParameters`.
 
     Example:
         >>> flow = TriangularSylvester(features=4, context_features=3)
