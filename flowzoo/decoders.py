@@ -6,18 +6,19 @@ width)``, so one architecture serves any likelihood.
 
 from __future__ import annotations
 
-__all__ = ["ConvDecoder", "MLPDecoder"]
+__all__ = ["ConvDecoder", "GatedConvDecoder", "MLPDecoder"]
 
+import functools
 import math
 from typing import Sequence
 
 from torch import Tensor, nn
 
 from flowzoo import layers
-from flowzoo.encoders import conv_output_sizes
-from flowzoo.layers import Activation, mlp
+from flowzoo.encoders import conv_output_sizes, quarter_size
+from flowzoo.layers import Activation, Gated, mlp
 from flowzoo.registry import register_decoder
-from flowzoo.schema import PositiveInt
+from flowzoo.schema import NonNegativeInt, PositiveInt
 
 
 @register_decoder("conv")
@@ -71,6 +72,60 @@ class ConvDecoder(nn.Module):
             if i < len(self.deconvs) - 1:
                 h = self.act(h)
         return h
+
+
+@register_decoder("gated_conv")
+class GatedConvDecoder(nn.Module):
+    """The gated convolutional decoder of the Sylvester-flow paper (van den Berg et al. 2018).
+
+    ``z`` is read as a 1×1 map of ``latent_size`` channels. A gated transposed
+    convolution with an ``H/4 × W/4`` kernel (7×7 for 28×28 images, 7×5 for 28×20)
+    makes it a 64-channel ``H/4 × W/4`` map; five gated 5×5 transposed convolutions
+    (64, 32, 32, 32, 32 channels; strides 1, 2, 1, 2, 1; padding 2; output padding 1
+    on the stride-2 ones) bring it to 32 maps of ``H × W``. The head then gives the
+    likelihood's parameters: a 1×1 convolution (the authors' Bernoulli head, whose
+    sigmoid flowzoo's ``bernoulli`` applies to the logits), or with
+    ``head_channels > 0`` a 5×5 convolution (padding 2) to ``head_channels`` maps
+    followed, with no activation between, by a 1×1 convolution (the authors' head for
+    the 256-way categorical likelihood has ``head_channels: 256``).
+
+    Args:
+        latent_size: size of ``z`` (set by the model).
+        output_shape: ``(channels × params per channel, height, width)``, height and
+            width divisible by 4 (set by the model).
+        head_channels: channels of the head's 5×5 convolution; 0 for a 1×1 head alone.
+
+    References:
+        van den Berg, Hasenclever, Tomczak & Welling, "Sylvester Normalizing Flows for
+        Variational Inference", UAI 2018, and its released code,
+        riannevdberg/sylvester-flows (models/VAE.py).
+
+    Example:
+        >>> import torch
+        >>> GatedConvDecoder(64, (256, 28, 20), head_channels=256)(torch.zeros(2, 64)).shape
+        torch.Size([2, 256, 28, 20])
+    """
+
+    def __init__(self, latent_size: int, output_shape: Sequence[int], head_channels: NonNegativeInt = 0):
+        super().__init__()
+        deconvs = [  # (in channels, out channels, kernel, stride, padding, output padding)
+            (latent_size, 64, quarter_size(output_shape), 1, 0, 0),
+            (64, 64, 5, 1, 2, 0),
+            (64, 32, 5, 2, 2, 1),
+            (32, 32, 5, 1, 2, 0),
+            (32, 32, 5, 2, 2, 1),
+            (32, 32, 5, 1, 2, 0),
+        ]
+        self.deconvs = nn.Sequential(*(Gated(functools.partial(nn.ConvTranspose2d, *d)) for d in deconvs))
+        if head_channels:
+            head = [nn.Conv2d(32, head_channels, 5, 1, 2), nn.Conv2d(head_channels, output_shape[0], 1)]
+        else:
+            head = [nn.Conv2d(32, output_shape[0], 1)]
+        self.head = nn.Sequential(*head)
+        self.latent_size = latent_size
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.head(self.deconvs(z.view(-1, self.latent_size, 1, 1)))
 
 
 @register_decoder("mlp")

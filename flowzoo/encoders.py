@@ -7,15 +7,16 @@ context ``h``. An encoder exposes ``out_features``, the size of its features.
 
 from __future__ import annotations
 
-__all__ = ["ConvEncoder", "MLPEncoder", "conv_output_sizes"]
+__all__ = ["ConvEncoder", "GatedConvEncoder", "MLPEncoder", "conv_output_sizes", "quarter_size"]
 
+import functools
 import math
 from typing import Sequence
 
 from torch import Tensor, nn
 
 from flowzoo import layers
-from flowzoo.layers import Activation, mlp
+from flowzoo.layers import Activation, Gated, mlp
 from flowzoo.registry import register_encoder
 from flowzoo.schema import PositiveInt
 
@@ -78,6 +79,68 @@ class ConvEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dense(self.convs(x).flatten(1))
+
+
+def quarter_size(shape: Sequence[int]) -> tuple[int, int]:
+    """``(height / 4, width / 4)`` of a ``(channels, height, width)`` image: the feature map between
+    the gated convolutional encoder (or decoder) and its features (or latent).
+
+    Raises:
+        ValueError: ``shape`` is not an image shape with height and width divisible by 4.
+
+    Example:
+        >>> quarter_size((1, 28, 20))
+        (7, 5)
+    """
+    if len(shape) != 3 or shape[1] % 4 or shape[2] % 4:
+        raise ValueError(f"needs images of shape (channels, height, width) with height and width divisible by 4 "
+                         f"(two stride-2 stages), got {tuple(shape)}")
+    return shape[1] // 4, shape[2] // 4
+
+
+@register_encoder("gated_conv")
+class GatedConvEncoder(nn.Module):
+    """The gated convolutional encoder of the Sylvester-flow paper (van den Berg et al. 2018).
+
+    Five gated 5×5 convolutions (:class:`~flowzoo.layers.Gated`: ``h ⊙ sigmoid(g)``,
+    no other activation) with 32, 32, 64, 64, 64 channels, strides 1, 2, 1, 2, 1 and
+    padding 2 take an ``H × W`` image to 64 maps of ``H/4 × W/4``; a last gated
+    convolution whose kernel covers that whole map (7×7 for 28×28 images, 7×5 for the
+    28×20 Frey faces; stride 1, no padding) gives ``out_features`` features. This is
+    the authors' encoder for both their binary and their 8-bit data sets; see
+    docs/sylvester_reference.md for the lines of their code it follows.
+
+    Args:
+        input_shape: ``(channels, height, width)`` of the data, height and width
+            divisible by 4 (set by the model).
+        out_features: size of the features (the authors' 256).
+
+    References:
+        van den Berg, Hasenclever, Tomczak & Welling, "Sylvester Normalizing Flows for
+        Variational Inference", UAI 2018, appendix (architecture), and its released
+        code, riannevdberg/sylvester-flows (models/VAE.py).
+
+    Example:
+        >>> import torch
+        >>> GatedConvEncoder((1, 28, 20))(torch.zeros(2, 1, 28, 20)).shape
+        torch.Size([2, 256])
+    """
+
+    def __init__(self, input_shape: Sequence[int], out_features: PositiveInt = 256):
+        super().__init__()
+        convs = [  # (in channels, out channels, kernel, stride, padding)
+            (input_shape[0], 32, 5, 1, 2),
+            (32, 32, 5, 2, 2),
+            (32, 64, 5, 1, 2),
+            (64, 64, 5, 2, 2),
+            (64, 64, 5, 1, 2),
+            (64, out_features, quarter_size(input_shape), 1, 0),
+        ]
+        self.convs = nn.Sequential(*(Gated(functools.partial(nn.Conv2d, *conv)) for conv in convs))
+        self.out_features = out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.convs(x).flatten(1)
 
 
 @register_encoder("mlp")

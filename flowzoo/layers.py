@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["Activation", "activation", "mlp"]
+__all__ = ["Activation", "Gated", "activation", "mlp"]
 
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 Activation = Literal["elu", "relu", "gelu", "silu", "tanh", "sigmoid"]
 
@@ -47,3 +48,32 @@ def mlp(sizes: Sequence[int], act: Activation, *, final_activation: bool) -> nn.
         if final_activation or i < len(sizes) - 2:
             layers.append(activation(act))
     return nn.Sequential(*layers)
+
+
+class Gated(nn.Module):
+    r"""A layer gated by a sigmoid of its twin: :math:`h(x) \odot \mathrm{sigmoid}(g(x))`.
+
+    ``h`` and ``g`` are two independent layers of the same kind, both made by ``layer()``;
+    ``h`` has no activation of its own, as in the gated convolutions of van den Berg et
+    al. (2018).
+
+    Args:
+        layer: makes one layer (called twice).
+
+    References:
+        Dauphin, Fan, Auli & Grangier, "Language Modeling with Gated Convolutional
+        Networks", ICML 2017.
+
+    Example:
+        >>> gated = Gated(lambda: nn.Conv2d(1, 4, 3, padding=1))
+        >>> gated(torch.zeros(2, 1, 5, 5)).shape
+        torch.Size([2, 4, 5, 5])
+    """
+
+    def __init__(self, layer: Callable[[], nn.Module]):
+        super().__init__()
+        self.h = layer()
+        self.g = layer()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.h(x) * torch.sigmoid(self.g(x))

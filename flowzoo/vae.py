@@ -120,6 +120,9 @@ class VAE(VariationalModel):
         prior: ``log_prob(z)`` and ``sample(n)``; standard normal by default.
         context_size: size of the context ``h`` (a linear map of the features) given
             to every flow; 0 for none.
+        features_as_context: give the flows the encoder's features themselves as
+            ``h``, with no context layer (the Sylvester-flow authors' amortization);
+            ``context_size`` must then be 0.
 
     Example:
         >>> from flowzoo.encoders import MLPEncoder
@@ -150,11 +153,15 @@ class VAE(VariationalModel):
         flows: Iterable[Transform] = (),
         prior: nn.Module | None = None,
         context_size: int = 0,
+        features_as_context: bool = False,
     ):
         super().__init__()
+        if features_as_context and context_size:
+            raise ValueError("features_as_context gives the flows the encoder's features: context_size must be 0")
         self.encoder = encoder
         self.posterior = posterior
         self.context = nn.Linear(encoder.out_features, context_size) if context_size else None
+        self.features_as_context = features_as_context
         self.flows = CompositeTransform(list(flows))
         self.decoder = decoder
         self.prior = prior if prior is not None else StandardNormal(posterior.latent_size)
@@ -165,9 +172,11 @@ class VAE(VariationalModel):
         features = self.encoder(self.likelihood.unit(x))
         z0, log_q0 = self.posterior(features, n_samples)
         n, batch, latent = z0.shape
-        context = None
+        context = features if self.features_as_context else None
         if self.context is not None:
-            context = self.context(features).expand(n, batch, -1).reshape(n * batch, -1)
+            context = self.context(features)
+        if context is not None:
+            context = context.expand(n, batch, -1).reshape(n * batch, -1)
         z, logabsdet = self.flows(z0.reshape(n * batch, latent), context=context)
         return z.view(n, batch, latent), log_q0 - logabsdet.view(n, batch)
 
@@ -274,6 +283,7 @@ def compose_vae(
     *,
     latent_size: PositiveInt,
     context_size: NonNegativeInt = 0,
+    features_as_context: bool = False,
     encoder: encoders.spec,
     posterior: posteriors.spec = {"name": "diagonal_gaussian"},  # spec defaults are copied, never mutated
     flows: FlowList = (),
@@ -287,6 +297,8 @@ def compose_vae(
         data_shape: shape of one example (set from the data set).
         latent_size: size of z.
         context_size: size of the context h given to every flow; 0 for none.
+        features_as_context: the encoder's features are h (no context layer; needs
+            ``context_size: 0``), as in the Sylvester-flow authors' code.
         encoder: maps x to features.
         posterior: the base posterior q(z0|x) on the encoder's features.
         flows: flow steps applied to z0 in order; an entry may set ``repeat: N`` and
@@ -322,14 +334,20 @@ def compose_vae(
         )
     built_decoder = build(decoders, decoder, "decoder", latent_size=latent_size, output_shape=output_shape)
     built_prior = build(priors, prior, "prior", latent_size=latent_size)
+    context_features = context_size
+    if features_as_context:
+        if context_size:
+            problems.append(Problem("features_as_context", "gives the flows the encoder's features, so there is no "
+                                    f"context layer: set context_size to 0 (it is {context_size}) or this to false"))
+        context_features = getattr(built_encoder, "out_features", 0)
     steps = [
-        build(flow_registry, spec, spec_path, features=latent_size, context_features=context_size)
+        build(flow_registry, spec, spec_path, features=latent_size, context_features=context_features)
         for spec_path, spec in flow_specs(flows, "flows")
     ]
     if problems:
         raise ConfigError(problems)
     return VAE(built_encoder, built_posterior, built_decoder, built_likelihood, flows=steps, prior=built_prior,
-               context_size=context_size)
+               context_size=context_size, features_as_context=features_as_context)
 
 
 def build_model(spec: Mapping[str, Any], data_shape: Sequence[int], path: str = "model") -> VariationalModel:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-__all__ = ["FlowParameters"]
+__all__ = ["FlowInit", "FlowParameters"]
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+FlowInit = Literal["near_identity", "pytorch"]
+"""How the map from the context h to a flow step's parameters starts: ``near_identity``
+(small weights, zero bias: every step starts close to the identity) or ``pytorch``
+(``nn.Linear``'s own initialisation, uniform in ±1/√C for weights and bias, which the
+Sylvester-flow authors' code keeps)."""
 
 
 class FlowParameters(nn.Module):
@@ -21,7 +28,10 @@ class FlowParameters(nn.Module):
     Args:
         context_features: size of h, 0 for free parameters.
         init_std: standard deviation of the initial free parameters, or of the
-            initial weights of the map from h (its bias starts at 0).
+            initial weights of the map from h (its bias starts at 0) with
+            ``init: near_identity``.
+        init: how the map from h starts (see :data:`FlowInit`); ``pytorch`` needs a
+            context.
         **shapes: the shape of each parameter, per data point.
 
     Example:
@@ -32,15 +42,24 @@ class FlowParameters(nn.Module):
         torch.Size([5, 4])
     """
 
-    def __init__(self, context_features: int, init_std: float = 0.1, **shapes: tuple[int, ...]):
+    def __init__(
+        self,
+        context_features: int,
+        init_std: float = 0.1,
+        init: FlowInit = "near_identity",
+        **shapes: tuple[int, ...],
+    ):
         super().__init__()
+        if init == "pytorch" and not context_features:
+            raise ValueError("init='pytorch' initialises the map from the context h, but this flow has no context: "
+                             "set model.context_size or model.features_as_context, or use init='near_identity'")
         self.shapes = shapes
         self.sizes = [math.prod(shape) for shape in shapes.values()]
         total = sum(self.sizes)
         self.from_context = nn.Linear(context_features, total) if context_features else None
         if self.from_context is None:
             self.free = nn.Parameter(init_std * torch.randn(total))
-        else:
+        elif init == "near_identity":
             nn.init.normal_(self.from_context.weight, std=init_std / math.sqrt(context_features))
             nn.init.zeros_(self.from_context.bias)
 

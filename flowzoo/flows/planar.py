@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from nflows.transforms import InverseNotAvailable, Transform
 from torch import Tensor
 
-from flowzoo.flows.amortized import FlowParameters
+from flowzoo.flows.amortized import FlowInit, FlowParameters
 from flowzoo.registry import register_flow
 
 
@@ -30,6 +30,8 @@ class Planar(Transform):
     Args:
         features: size of z (set by the model).
         context_features: size of the context h, 0 for none (set by the model).
+        init: how the map from h starts: ``near_identity`` (flowzoo's) or ``pytorch``
+            (``nn.Linear``'s default, as in the Sylvester-flow authors' planar VAE).
 
     References:
         Rezende & Mohamed, "Variational Inference with Normalizing Flows", ICML 2015,
@@ -42,9 +44,9 @@ class Planar(Transform):
         (torch.Size([5, 4]), torch.Size([5]))
     """
 
-    def __init__(self, features: int, context_features: int = 0):
+    def __init__(self, features: int, context_features: int = 0, init: FlowInit = "near_identity"):
         super().__init__()
-        self.params = FlowParameters(context_features, u=(features,), w=(features,), b=())
+        self.params = FlowParameters(context_features, init=init, u=(features,), w=(features,), b=())
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         p = self.params(context, z.shape[0])
