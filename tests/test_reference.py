@@ -80,7 +80,7 @@ def test_types_defaults_and_meanings(generated):
     conv = _section(_section(generated, "### encoders"), "#### `conv`")
     assert "| `channels` | a list of integers ≥ 1 | `[32, 64]` |" in conv  # tuples as YAML lists
     trainer = _section(generated, "### `trainer`")
-    assert "| `optimizer` | one of 'adam', 'adamax' | `adamax` |" in trainer
+    assert "| `optimizer` | one of 'adam', 'adamax' | `adam` |" in trainer
     assert "| `compile` | true or false | `false` |" in trainer
     for line in generated.splitlines():  # every table row stays on one line with the same number of cells
         if line.startswith("| ") and not line.startswith("| key") and not line.startswith("| parameter"):
