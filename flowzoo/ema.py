@@ -54,10 +54,19 @@ class EMA:
                 yield name, value
 
     @torch.no_grad()
-    def update(self, step: int) -> None:
-        """Move the average towards the current weights after optimizer step ``step``."""
-        decay = min(self.decay, (1 + step) / (10 + step))
-        torch._foreach_lerp_([self.shadow[n] for n in self.names], self.current, 1 - decay)
+    def update(self, step: int, skipped: Tensor | None = None) -> None:
+        """Move the average towards the current weights after optimizer step ``step``.
+
+        ``skipped`` (a device flag, 1 for a step the optimizer skipped) leaves the average
+        as it is without reading the flag on the host.
+        """
+        weight = 1 - min(self.decay, (1 + step) / (10 + step))
+        if skipped is not None:
+            weight = (1 - skipped) * weight  # a step of exactly 0 towards the weights a skipped step left alone
+        shadow = [self.shadow[n] for n in self.names]
+        steps = torch._foreach_sub(self.current, shadow)
+        torch._foreach_mul_(steps, weight)  # not _foreach_lerp_, which reads a tensor weight on the host
+        torch._foreach_add_(shadow, steps)
 
     @contextlib.contextmanager
     def applied(self, model: nn.Module) -> Iterator[None]:
