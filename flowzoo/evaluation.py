@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from flowzoo.config import EvalConfig
+from flowzoo.console import EvaluationProgress
 from flowzoo.distributed import Distributed
 from flowzoo.likelihoods import bits_per_dim
 
@@ -31,6 +32,7 @@ def evaluate(
     max_batch: int = 500,
     seed: int = 1234,
     workers: Distributed = Distributed(),
+    progress: str | None = None,
 ) -> dict[str, float]:
     r"""Average per-example metrics of a VAE over ``images``, in nats.
 
@@ -50,6 +52,7 @@ def evaluate(
     a running log-sum-exp, so any K fits in memory. The evaluation draws from its own
     seeded random stream and leaves the global one untouched. Under ``torchrun`` each
     rank evaluates its share of ``images`` and every rank gets the averages over all.
+    With ``progress`` (its description), rank 0 shows the images done and the time left.
 
     References:
         Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
@@ -72,7 +75,8 @@ def evaluate(
     # Σ log w, Σ log p(x|z), Σ log-IW, Σ KL per layer: summed on the device, no per-batch sync
     totals = torch.zeros(3 + len(layer_names), dtype=torch.float64, device=device)
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    shown = EvaluationProgress(progress or "", total=len(images), disable=progress is None or not workers.is_main)
+    with torch.random.fork_rng(devices=devices), shown:
         torch.manual_seed(seed)
         for start in range(0, len(images), batch_size):
             x = images[start : start + batch_size].to(device).float()
@@ -85,6 +89,7 @@ def evaluate(
                 totals[1] += terms["log_px_given_z"].double().sum()
                 totals[3:] += terms["kl_groups"].double().sum((0, 1, 3))
             totals[2] += (running - math.log(iw_samples)).sum()
+            shown.advance(len(x))
     model.train(was_training)
     log_w, log_px_given_z, log_iw, *layer_kl = workers.sum(totals).tolist()
     neg_elbo = -log_w / (n * iw_samples)

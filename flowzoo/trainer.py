@@ -31,6 +31,7 @@ from flowzoo.distributed import Distributed, resolve_device
 from flowzoo.ema import EMA
 from flowzoo.errors import TrainingError
 from flowzoo.evaluation import evaluate, evaluation_settings
+from flowzoo.graphs import GraphedStep
 from flowzoo.images import image_grid
 from flowzoo.loader import TrainLoader
 from flowzoo.optim import make_optimizer
@@ -97,7 +98,7 @@ class Trainer:
         if workers.enabled:
             device_ids = [self.device] if self.device.type == "cuda" else None
             self.network = DistributedDataParallel(model, device_ids=device_ids)
-        self.kl_weight = torch.ones((), device=self.device)  # a tensor, so a compiled forward is not re-traced
+        self.kl_weight = torch.ones((), device=self.device)  # a tensor: no re-tracing, no re-capture
         self.kl_weight_value = 1.0
         self.step = 0
         self.epoch = 0
@@ -113,7 +114,13 @@ class Trainer:
         self.window_steps = torch.zeros((), device=self.device)
         self.consecutive = torch.zeros((), device=self.device)
         self.runs_since_read = torch.zeros(settings.log_every, device=self.device)
+        self.position = torch.zeros(1, dtype=torch.long, device=self.device)  # of this step in runs_since_read
         self.read_at = 0
+        self.graphed = None
+        if settings.cuda_graphs:
+            _check_capturable(self.device, workers)
+            self.graphed = GraphedStep(self._device_step)
+            self._lr_on_device()
         self.bad_steps = 0
         self.rollbacks = 0
 
@@ -153,17 +160,31 @@ class Trainer:
             self.run.close()
 
     def _train_step(self, x: Tensor) -> None:
-        """Forward and backward; then the guard: a non-finite step is skipped, any other applied.
-
-        Nothing here reads a tensor on the host: the guard's decision is a device flag
-        that the optimizer, the gradient scaler and the EMA act on (see :mod:`flowzoo.optim`).
-        """
+        """One step: the schedules' values into their device tensors, then the device part,
+        replayed from a CUDA graph with ``trainer.cuda_graphs`` (for every full batch)."""
         settings = self.settings
         weight = kl_weight(self.step + 1, settings.kl_warmup_steps)  # step n of the warm-up weighs n / warm-up
         if weight != self.kl_weight_value:
             self.kl_weight.fill_(weight)
             self.kl_weight_value = weight
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+        if self.ema is not None:
+            self.ema.schedule(self.step)
+        if self.graphed is not None and len(x) == self.settings.batch_size:
+            self.graphed(x)
+        else:
+            self._device_step(x)
+        self.scheduler.step()  # the schedules follow the step count, skipped steps included
+
+    def _device_step(self, x: Tensor) -> None:
+        """Forward and backward; then the guard: a non-finite step is skipped, any other applied.
+
+        Nothing here reads a tensor on the host: the guard's decision is a device flag
+        that the optimizer, the gradient scaler and the EMA act on (see :mod:`flowzoo.optim`),
+        and every tensor written stays in place (see :mod:`flowzoo.graphs`).
+        """
+        settings = self.settings
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None,
+                            cache_enabled=not settings.cuda_graphs):
             losses = self.network(x, kl_weight=self.kl_weight, free_bits=settings.free_bits)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
@@ -178,14 +199,16 @@ class Trainer:
         self.skip.copy_(skip)
         self.optimizer.step()  # a no-op on the device when self.skip is 1
         self.scaler.update()  # fp16: lower the scale after an overflow, raise it after a good run
-        self.scheduler.step()  # the schedules follow the step count, skipped steps included
         if self.ema is not None:
-            self.ema.update(self.step, skipped=self.skip)
+            self.ema.move(skipped=self.skip)
         for key, value in losses.items():
-            self.window[key] = self.window.get(key, 0) + torch.where(skip, 0, value.detach().float())
+            if key not in self.window:
+                self.window[key] = torch.zeros((), device=self.device)
+            self.window[key].add_(torch.where(skip, 0, value.detach().float()))
         self.window_steps += 1 - self.skip
         self.consecutive.add_(1).mul_(self.skip)
-        self.runs_since_read[self.step - self.read_at] = self.consecutive
+        self.runs_since_read.index_copy_(0, self.position, self.consecutive.view(1))
+        self.position += 1
 
     def _settle(self) -> None:
         """Read what the guard did since the last read: log the skipped steps, and roll back
@@ -198,6 +221,7 @@ class Trainer:
                 if self.workers.is_main:
                     self.run.log("skipped", step=step, epoch=step // steps_per_epoch, consecutive=int(run))
         self.read_at = self.step
+        self.position.zero_()
         self.bad_steps = int(max(runs, default=0))
         if self.bad_steps >= self.settings.max_bad_steps:
             self._roll_back()
@@ -216,6 +240,9 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
+        if self.graphed is not None:  # the optimizer's state tensors are new ones
+            self._lr_on_device()
+            self.graphed.reset()
         self.rollbacks += 1
         if self.workers.is_main:
             self.run.log("rollback", step=self.step, epoch=self.epoch, to_step=state["step"], rollbacks=self.rollbacks)
@@ -235,11 +262,11 @@ class Trainer:
         if not applied:
             return None
         means = {key: total / applied for key, total in zip(keys, totals)}  # applied: summed over the ranks too
-        self.window = {}
-        self.window_steps.zero_()
+        for total in (*self.window.values(), self.window_steps):
+            total.zero_()  # in place: a captured step adds to these tensors
         if self.workers.is_main:
             self.run.log("train", step=self.step, epoch=self.epoch, images_per_second=round(rate, 1),
-                         lr=self.scheduler.get_last_lr()[0], kl_weight=self.kl_weight_value, **means)
+                         lr=float(self.scheduler.get_last_lr()[0]), kl_weight=self.kl_weight_value, **means)
         return means
 
     def _end_epoch(self, progress) -> None:
@@ -296,7 +323,7 @@ class Trainer:
         """Everything needed to continue the run, loadable with ``weights_only=True``."""
         state = {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": _plain_lr(self.optimizer.state_dict()),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "step": self.step,
@@ -317,6 +344,8 @@ class Trainer:
         """Continue from a checkpoint written by :meth:`state_dict`."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.graphed is not None:
+            self._lr_on_device()
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and "ema" in state:
@@ -333,6 +362,27 @@ class Trainer:
             _set_rng_state(ranks[self.workers.rank], self.device)
         if self.workers.is_main:
             self.run.truncate_metrics(state["metrics_size"])  # records after the checkpoint are written again
+
+
+    def _lr_on_device(self) -> None:
+        """The learning rate as a device tensor, which the scheduler fills and a captured step reads."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
+
+
+def _plain_lr(state: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer state dict with the learning rates as numbers, as every run writes them."""
+    groups = [{**group, "lr": float(group["lr"])} for group in state["param_groups"]]
+    return {**state, "param_groups": groups}
+
+
+def _check_capturable(device: torch.device, workers: Distributed) -> None:
+    """What ``trainer.cuda_graphs`` needs at run time, beyond what the config's check saw."""
+    if device.type != "cuda":
+        raise TrainingError(f"trainer.cuda_graphs needs a CUDA device; this run is on {device}")
+    if workers.enabled:
+        raise TrainingError("trainer.cuda_graphs is not supported under torchrun (the gradient all-reduce "
+                            "would have to be captured too); set trainer.cuda_graphs=false")
 
 
 def _rng_state(device: torch.device) -> dict[str, Tensor]:

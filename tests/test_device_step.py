@@ -13,16 +13,18 @@ import math
 
 import pytest
 import torch
+import yaml
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from flowzoo.checkpoint import load_checkpoint
 from flowzoo.config import load_config
 from flowzoo.experiment import _build
+from flowzoo.graphs import GraphedStep
 from flowzoo.optim import make_optimizer
 from flowzoo.runs import RunDir
 from flowzoo.trainer import Trainer
 
-from conftest import FIXTURES, tiny_config
+from conftest import FIXTURES, run_cli, tiny_config
 
 pytestmark = pytest.mark.usefixtures("shared_data_root")
 
@@ -177,3 +179,37 @@ def test_fused_and_foreach_optimizers_match_torchs_default_implementation(tmp_pa
         theirs.step()
     for mine, other in zip(model.parameters(), copy):
         torch.testing.assert_close(mine.detach(), other.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamax"])
+def test_the_static_buffer_step_of_cuda_graphs_run_eagerly_equals_the_eager_step(tmp_path, optimizer):
+    """What a CUDA graph replays, checked on the CPU: the step from a static input buffer,
+    with the learning rate as a device tensor, against the plain step."""
+    options = {**EVERYTHING_ON, "optimizer": optimizer, "log_every": 7}
+    eager, graphed = make_trainer(tmp_path / "eager", **options), make_trainer(tmp_path / "graphed", **options)
+    graphed.graphed = GraphedStep(graphed._device_step, capture=False)
+    graphed._lr_on_device()
+    for trainer in (eager, graphed):
+        torch.manual_seed(1)  # the same sampling noise for both
+        batches = iter(trainer.loader.epoch())
+        for _ in range(3):
+            take_steps(trainer, batches, 7)
+            trainer._settle()
+            trainer._log_window(rate=1.0)
+    for plain, static in zip(snapshot(eager), snapshot(graphed), strict=True):  # fused Adam: lr in float32, not 64
+        torch.testing.assert_close(static, plain, rtol=1e-5, atol=1e-7)
+    records = [[{k: v for k, v in r.items() if k not in ("kind", "time")} for r in t.run.records("train")]
+               for t in (eager, graphed)]
+    assert len(records[0]) == 3 and records[1] == [pytest.approx(r, rel=1e-6) for r in records[0]]
+    assert isinstance(graphed.state_dict()["optimizer"]["param_groups"][0]["lr"], float)  # as eager runs write it
+
+
+def test_cuda_graphs_are_refused_before_anything_runs_where_they_cannot_work(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(output_dir=str(tmp_path / "runs"))))
+    result = run_cli("train", str(config), "trainer.cuda_graphs=true", "trainer.precision=fp16",
+                     env={"PYTHONPATH": str(FIXTURES)})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "trainer.cuda_graphs: CUDA graphs need a CUDA device" in result.stderr
+    assert "use trainer.precision=bf16" in result.stderr
+    assert not (tmp_path / "runs").exists()
