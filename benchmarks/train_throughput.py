@@ -8,7 +8,7 @@ steps) on real static binarized MNIST, in the same process, in interleaved round
 - ``trainer``: :class:`flowzoo.trainer.Trainer` for one epoch of the same number of
   steps, with everything it does in a real run (non-finite guard, running metrics,
   logging, TensorBoard, a checkpoint at the end), plus the variants named with
-  ``--variants`` (mixed precision, ``torch.compile``) on a GPU.
+  ``--variants`` (mixed precision, ``torch.compile``, ``trainer.cuda_graphs``) on a GPU.
 
 Each round reports images per second of the training steps (the trainer's checkpoints
 and its epoch-end validation and pictures are timed separately as "epoch end") and the
@@ -19,7 +19,7 @@ the plain loop of the same rounds.
 
     python benchmarks/train_throughput.py --device cpu --steps 100 --rounds 3
     python benchmarks/train_throughput.py --device cuda --steps 500 --rounds 3 \\
-        --variants fp32 bf16 bf16+compile fp16 --json train_throughput_cuda.json
+        --variants fp32 bf16 bf16+compile fp32+graphs bf16+graphs --json train_throughput_cuda.json
 """
 
 from __future__ import annotations
@@ -84,13 +84,14 @@ def _status_kilobytes(field: str) -> int:
 
 def experiment(device: str, steps: int, batch_size: int, variant: str, output: Path):
     """The resolved mnist_iaf config for one variant, with an epoch of exactly ``steps`` steps."""
-    precision, _, compiled = variant.partition("+")
+    precision, _, option = variant.partition("+")
     return load_config(REPO / "configs" / "mnist_iaf.yaml", [
         f"trainer.device={device}",
         f"trainer.batch_size={batch_size}",
         "trainer.epochs=1",
         f"trainer.precision={precision}",
-        f"trainer.compile={'true' if compiled else 'false'}",
+        f"trainer.compile={'true' if option == 'compile' else 'false'}",
+        f"trainer.cuda_graphs={'true' if option == 'graphs' else 'false'}",
         f"trainer.log_every={max(1, steps // 5)}",
         "trainer.checkpoint_every=0",
         f"output_dir={output}",
@@ -181,7 +182,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--variants", nargs="+", default=["fp32"],
-                        help="trainer settings: fp32, bf16, fp16, each optionally +compile")
+                        help="trainer settings: fp32, bf16, fp16, each optionally +compile; fp32 or bf16 +graphs")
     parser.add_argument("--json", type=Path, help="write the measurements here")
     args = parser.parse_args()
     bench = Bench(args)

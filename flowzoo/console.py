@@ -8,6 +8,7 @@ __all__ = [
     "parameter_table",
     "results_table",
     "training_progress",
+    "EvaluationProgress",
     "training_status",
     "epoch_summary",
     "parameter_count",
@@ -16,6 +17,7 @@ __all__ = [
 ]
 
 import math
+import time
 from typing import Any, Mapping
 
 import yaml
@@ -100,6 +102,46 @@ def training_progress(disable: bool = False) -> Progress:
         console=console,
         disable=disable,
     )
+
+
+class EvaluationProgress:
+    """Images evaluated so far, with the time left: a progress bar on a terminal, and a plain
+    line at every tenth of the way otherwise (a log file, a pipe, a batch job's output).
+
+    Example:
+        >>> with EvaluationProgress("evaluating", total=4, disable=True) as progress:
+        ...     progress.advance(2)
+        >>> progress.done
+        2
+    """
+
+    def __init__(self, description: str, total: int, disable: bool = False):
+        self.description, self.total, self.disable = description, total, disable
+        self.done, self.printed_tenths = 0, 0
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                            disable=disable or not console.is_terminal)
+
+    def __enter__(self) -> "EvaluationProgress":
+        self.started = time.perf_counter()
+        self.bar.__enter__()
+        self.task = self.bar.add_task(self.description, total=self.total)
+        return self
+
+    def advance(self, images: int) -> None:
+        self.done += images
+        self.bar.update(self.task, completed=self.done)
+        tenths = self.done * 10 // self.total
+        if self.disable or console.is_terminal or tenths <= self.printed_tenths:
+            return
+        self.printed_tenths = tenths
+        elapsed = time.perf_counter() - self.started
+        left = elapsed * (self.total - self.done) / self.done
+        console.print(f"{self.description}: {self.done:,}/{self.total:,} images, {elapsed:.0f} s elapsed, "
+                      f"ETA {left:.0f} s", highlight=False)
+
+    def __exit__(self, *error) -> None:
+        self.bar.__exit__(*error)
 
 
 def training_status(means: Mapping[str, float], rate: float) -> str:

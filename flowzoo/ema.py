@@ -46,6 +46,7 @@ class EMA:
         self.names = [name for name, _ in self._averaged(model)]
         self.current = [value for _, value in self._averaged(model)]  # views sharing the live weights
         self.shadow = {name: value.clone() for name, value in zip(self.names, self.current)}
+        self.rate = torch.zeros((), device=self.current[0].device if self.current else None)
 
     @staticmethod
     def _averaged(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
@@ -53,11 +54,29 @@ class EMA:
             if value.is_floating_point():
                 yield name, value
 
+    def update(self, step: int, skipped: Tensor | None = None) -> None:
+        """Move the average towards the current weights after optimizer step ``step``:
+        :meth:`schedule`, then :meth:`move`."""
+        self.schedule(step)
+        self.move(skipped)
+
+    def schedule(self, step: int) -> None:
+        """Set the rate of the next :meth:`move` for optimizer step ``step`` (a device tensor,
+        so that a move captured in a CUDA graph follows the warm-up)."""
+        self.rate.fill_(1 - min(self.decay, (1 + step) / (10 + step)))
+
     @torch.no_grad()
-    def update(self, step: int) -> None:
-        """Move the average towards the current weights after optimizer step ``step``."""
-        decay = min(self.decay, (1 + step) / (10 + step))
-        torch._foreach_lerp_([self.shadow[n] for n in self.names], self.current, 1 - decay)
+    def move(self, skipped: Tensor | None = None) -> None:
+        """Move the average towards the current weights at the scheduled rate, on the device.
+
+        ``skipped`` (a device flag, 1 for a step the optimizer skipped) leaves the average
+        as it is without reading the flag on the host.
+        """
+        rate = self.rate if skipped is None else (1 - skipped) * self.rate  # exactly 0 after a skipped step
+        shadow = [self.shadow[n] for n in self.names]
+        steps = torch._foreach_sub(self.current, shadow)
+        torch._foreach_mul_(steps, rate)  # not _foreach_lerp_, which reads a tensor weight on the host
+        torch._foreach_add_(shadow, steps)
 
     @contextlib.contextmanager
     def applied(self, model: nn.Module) -> Iterator[None]:

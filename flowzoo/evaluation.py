@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["evaluate", "evaluation_settings"]
+__all__ = ["evaluate", "evaluation_settings", "CPU_MAX_BATCH", "GPU_MAX_BATCH"]
 
 import math
 from typing import Any
@@ -11,13 +11,18 @@ import torch
 from torch import Tensor, nn
 
 from flowzoo.config import EvalConfig
+from flowzoo.console import EvaluationProgress
 from flowzoo.distributed import Distributed
 from flowzoo.likelihoods import bits_per_dim
+
+CPU_MAX_BATCH = 500
+GPU_MAX_BATCH = 20_000
+"""(example, sample) pairs per pass when ``eval.max_batch`` is null."""
 
 
 def evaluation_settings(settings: EvalConfig, **changes: Any) -> dict[str, Any]:
     """The keyword arguments of :func:`evaluate` from the ``eval`` settings, with ``changes``."""
-    chosen = {key: getattr(settings, key) for key in ("iw_samples", "batch_size", "max_batch", "seed")}
+    chosen = {key: getattr(settings, key) for key in ("iw_samples", "batch_size", "max_batch", "precision", "seed")}
     return {**chosen, **changes}
 
 
@@ -28,9 +33,11 @@ def evaluate(
     *,
     iw_samples: int = 100,
     batch_size: int = 100,
-    max_batch: int = 500,
+    max_batch: int | None = None,
+    precision: str = "fp32",
     seed: int = 1234,
     workers: Distributed = Distributed(),
+    progress: str | None = None,
 ) -> dict[str, float]:
     r"""Average per-example metrics of a VAE over ``images``, in nats.
 
@@ -47,9 +54,12 @@ def evaluate(
       term, ``{layer name: nats}``, which shows the layers in use and the collapsed ones.
 
     Samples are drawn in chunks of at most ``max_batch`` (example, sample) pairs with
-    a running log-sum-exp, so any K fits in memory. The evaluation draws from its own
+    a running log-sum-exp, so any K fits in memory (by default 500 pairs on the CPU and
+    20,000 on a GPU, see ``eval.max_batch``); ``precision="bf16"`` runs the passes under
+    bf16 autocast and sums in float64. The evaluation draws from its own
     seeded random stream and leaves the global one untouched. Under ``torchrun`` each
     rank evaluates its share of ``images`` and every rank gets the averages over all.
+    With ``progress`` (its description), rank 0 shows the images done and the time left.
 
     References:
         Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
@@ -67,12 +77,15 @@ def evaluate(
     images = workers.shard(images)
     was_training = model.training
     model.eval()
+    max_batch = max_batch or (GPU_MAX_BATCH if device.type == "cuda" else CPU_MAX_BATCH)
     chunk = max(1, min(iw_samples, max_batch // batch_size))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     layer_names = getattr(model, "layer_names", ("z",))
     # Σ log w, Σ log p(x|z), Σ log-IW, Σ KL per layer: summed on the device, no per-batch sync
     totals = torch.zeros(3 + len(layer_names), dtype=torch.float64, device=device)
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    shown = EvaluationProgress(progress or "", total=len(images), disable=progress is None or not workers.is_main)
+    with torch.random.fork_rng(devices=devices), shown, autocast:
         torch.manual_seed(seed)
         for start in range(0, len(images), batch_size):
             x = images[start : start + batch_size].to(device).float()
@@ -85,6 +98,7 @@ def evaluate(
                 totals[1] += terms["log_px_given_z"].double().sum()
                 totals[3:] += terms["kl_groups"].double().sum((0, 1, 3))
             totals[2] += (running - math.log(iw_samples)).sum()
+            shown.advance(len(x))
     model.train(was_training)
     log_w, log_px_given_z, log_iw, *layer_kl = workers.sum(totals).tolist()
     neg_elbo = -log_w / (n * iw_samples)

@@ -234,5 +234,5 @@ def _build(config: ExperimentConfig) -> tuple[Any, VariationalModel]:
 
 def _evaluate(model: VariationalModel, images: torch.Tensor, settings: EvalConfig,
               workers: Distributed = Distributed()) -> dict[str, float]:
-    with console.status(f"evaluating on {len(images):,} {settings.split} images with K={settings.iw_samples}"):
-        return evaluate(model, images, workers=workers, **evaluation_settings(settings))
+    return evaluate(model, images, workers=workers, **evaluation_settings(settings),
+                    progress=f"evaluating {settings.split} images with K={settings.iw_samples}")

@@ -86,7 +86,7 @@ class TrainLoader:
         """The examples at ``indices`` on the device: an index on device-resident data, or
         a gather into one of two pinned buffers and an asynchronous copy."""
         if self.images.device == self.device:
-            return self.images[indices.to(self.device, non_blocking=True)]
+            return self.images.index_select(0, indices.to(self.device, non_blocking=True))  # no sync
         if not self._staging:
             shape = (self.batch_size, *self.images.shape[1:])
             self._staging = [(torch.empty(shape, dtype=self.images.dtype).pin_memory(), None) for _ in range(2)]

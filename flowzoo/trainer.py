@@ -18,7 +18,6 @@ __all__ = ["Trainer"]
 import contextlib
 import math
 import time
-import warnings
 from typing import Any, Callable, Mapping
 
 import torch
@@ -32,12 +31,13 @@ from flowzoo.distributed import Distributed, resolve_device
 from flowzoo.ema import EMA
 from flowzoo.errors import TrainingError
 from flowzoo.evaluation import evaluate, evaluation_settings
+from flowzoo.graphs import GraphedStep
 from flowzoo.images import image_grid
 from flowzoo.loader import TrainLoader
+from flowzoo.optim import make_optimizer
 from flowzoo.runs import RunDir
 from flowzoo.schedules import kl_weight, lr_factor
 
-_OPTIMIZERS = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}
 _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -81,9 +81,8 @@ class Trainer:
         self.loader = TrainLoader(splits["train"], batch_size=settings.batch_size, seed=seed, device=self.device,
                                   workers=workers, on_device=settings.data_on_device, transform=train_transform)
         self.valid_images = splits["valid"]
-        self.optimizer = _OPTIMIZERS[settings.optimizer](
-            model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
-        )
+        self.optimizer = make_optimizer(settings.optimizer, model.parameters(), lr=settings.lr,
+                                        weight_decay=settings.weight_decay)
         self.total_steps = settings.epochs * len(self.loader)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
@@ -99,14 +98,29 @@ class Trainer:
         if workers.enabled:
             device_ids = [self.device] if self.device.type == "cuda" else None
             self.network = DistributedDataParallel(model, device_ids=device_ids)
-        self.kl_weight = torch.ones((), device=self.device)  # a tensor, so a compiled forward is not re-traced
+        self.kl_weight = torch.ones((), device=self.device)  # a tensor: no re-tracing, no re-capture
         self.kl_weight_value = 1.0
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
         self.best_valid = math.inf
         self.window: dict[str, Tensor] = {}
-        self.window_steps = 0
+        # The guard's state lives on the device and is read every log_every steps (_settle):
+        # the flag of this step (the optimizer and the EMA skip on it), the applied steps
+        # in the window, the current run of bad steps, and that run's length after each
+        # step since the last read.
+        self.skip = torch.zeros((), device=self.device)
+        self.optimizer.found_inf = self.skip
+        self.window_steps = torch.zeros((), device=self.device)
+        self.consecutive = torch.zeros((), device=self.device)
+        self.runs_since_read = torch.zeros(settings.log_every, device=self.device)
+        self.position = torch.zeros(1, dtype=torch.long, device=self.device)  # of this step in runs_since_read
+        self.read_at = 0
+        self.graphed = None
+        if settings.cuda_graphs:
+            _check_capturable(self.device, workers)
+            self.graphed = GraphedStep(self._device_step)
+            self._lr_on_device()
         self.bad_steps = 0
         self.rollbacks = 0
 
@@ -131,9 +145,12 @@ class Trainer:
                         self.step += 1
                         self.batch_in_epoch += 1
                         seen += size
-                        if self.step % settings.log_every == 0 and self.window_steps:
+                        if self.step % settings.log_every == 0:
+                            self._settle()
                             rate = seen / (time.perf_counter() - started)
-                            progress.update(task, status=training_status(self._log_window(rate), rate))
+                            means = self._log_window(rate)
+                            if means is not None:
+                                progress.update(task, status=training_status(means, rate))
                             started, seen = time.perf_counter(), 0
                         progress.update(task, completed=self.step)
                         if settings.checkpoint_every and self.step % settings.checkpoint_every == 0:
@@ -143,46 +160,69 @@ class Trainer:
             self.run.close()
 
     def _train_step(self, x: Tensor) -> None:
-        """Forward and backward; then the guard: a non-finite step is skipped, any other applied."""
+        """One step: the schedules' values into their device tensors, then the device part,
+        replayed from a CUDA graph with ``trainer.cuda_graphs`` (for every full batch)."""
         settings = self.settings
         weight = kl_weight(self.step + 1, settings.kl_warmup_steps)  # step n of the warm-up weighs n / warm-up
         if weight != self.kl_weight_value:
             self.kl_weight.fill_(weight)
             self.kl_weight_value = weight
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+        if self.ema is not None:
+            self.ema.schedule(self.step)
+        if self.graphed is not None and len(x) == self.settings.batch_size:
+            self.graphed(x)
+        else:
+            self._device_step(x)
+        self.scheduler.step()  # the schedules follow the step count, skipped steps included
+
+    def _device_step(self, x: Tensor) -> None:
+        """Forward and backward; then the guard: a non-finite step is skipped, any other applied.
+
+        Nothing here reads a tensor on the host: the guard's decision is a device flag
+        that the optimizer, the gradient scaler and the EMA act on (see :mod:`flowzoo.optim`),
+        and every tensor written stays in place (see :mod:`flowzoo.graphs`).
+        """
+        settings = self.settings
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None,
+                            cache_enabled=not settings.cuda_graphs):
             losses = self.network(x, kl_weight=self.kl_weight, free_bits=settings.free_bits)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
-        self.scaler.unscale_(self.optimizer)
-        bad = ~torch.isfinite(losses["loss"].detach())
+        self.scaler.unscale_(self.optimizer)  # fp16: records the overflow for scaler.update() on the device
+        parameters = [p for p in self.model.parameters() if p.grad is not None]
         if settings.grad_clip:
-            parameters = [p for p in self.model.parameters() if p.grad is not None]
-            bad |= ~torch.isfinite(torch.nn.utils.clip_grad_norm_(parameters, settings.grad_clip))
-        # The one host synchronisation per step: a bad step must be skipped before the
-        # optimizer applies it. Without clipping only the loss is checked (a gradient
-        # norm costs a pass over every gradient); a non-finite gradient behind a finite
-        # loss makes the next losses non-finite, which the rollback then undoes. The
-        # sum over ranks makes every rank skip together.
-        if self.workers.sum(bad.float()).item():
-            self.scaler.update()  # fp16: lower the scale after an overflow
-            self._skip_step()
-            return
-        self.bad_steps = 0
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        with warnings.catch_warnings():  # fp16: the scaler skipped an overflowing step; the schedule moves on
-            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before", UserWarning)
-            self.scheduler.step()
+            norm = torch.nn.utils.clip_grad_norm_(parameters, settings.grad_clip, foreach=True)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in parameters], foreach=True)
+        bad = ~(torch.isfinite(losses["loss"].detach()) & torch.isfinite(norm))
+        skip = self.workers.sum(bad.float()) > 0  # every rank skips together
+        self.skip.copy_(skip)
+        self.optimizer.step()  # a no-op on the device when self.skip is 1
+        self.scaler.update()  # fp16: lower the scale after an overflow, raise it after a good run
         if self.ema is not None:
-            self.ema.update(self.step)
-        for key, value in losses.items():  # summed on the device: no host sync per step
-            self.window[key] = self.window.get(key, 0) + value.detach().float()
-        self.window_steps += 1
+            self.ema.move(skipped=self.skip)
+        for key, value in losses.items():
+            if key not in self.window:
+                self.window[key] = torch.zeros((), device=self.device)
+            self.window[key].add_(torch.where(skip, 0, value.detach().float()))
+        self.window_steps += 1 - self.skip
+        self.consecutive.add_(1).mul_(self.skip)
+        self.runs_since_read.index_copy_(0, self.position, self.consecutive.view(1))
+        self.position += 1
 
-    def _skip_step(self) -> None:
-        self.bad_steps += 1
-        if self.workers.is_main:
-            self.run.log("skipped", step=self.step, epoch=self.epoch, consecutive=self.bad_steps)
+    def _settle(self) -> None:
+        """Read what the guard did since the last read: log the skipped steps, and roll back
+        to last.pt when ``max_bad_steps`` of them came in a row."""
+        runs = self.runs_since_read[: self.step - self.read_at].tolist()
+        steps_per_epoch = len(self.loader)
+        for offset, run in enumerate(runs):
+            if run:
+                step = self.read_at + offset
+                if self.workers.is_main:
+                    self.run.log("skipped", step=step, epoch=step // steps_per_epoch, consecutive=int(run))
+        self.read_at = self.step
+        self.position.zero_()
+        self.bad_steps = int(max(runs, default=0))
         if self.bad_steps >= self.settings.max_bad_steps:
             self._roll_back()
 
@@ -200,6 +240,9 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
+        if self.graphed is not None:  # the optimizer's state tensors are new ones
+            self._lr_on_device()
+            self.graphed.reset()
         self.rollbacks += 1
         if self.workers.is_main:
             self.run.log("rollback", step=self.step, epoch=self.epoch, to_step=state["step"], rollbacks=self.rollbacks)
@@ -209,16 +252,21 @@ class Trainer:
                 f"{self.settings.max_rollbacks})"
             )
         self.bad_steps = 0
+        self.consecutive.zero_()
 
-    def _log_window(self, rate: float) -> dict[str, float]:
-        """Log the means of the losses since the last record, over all ranks, and return them."""
+    def _log_window(self, rate: float) -> dict[str, float] | None:
+        """Log the means of the losses over the applied steps since the last record, over all
+        ranks, and return them (None when every step since was skipped)."""
         keys = sorted(self.window)
-        totals = self.workers.sum(torch.stack([self.window[k] for k in keys]))
-        means = dict(zip(keys, (totals / (self.window_steps * self.workers.world_size)).tolist()))
-        self.window, self.window_steps = {}, 0
+        *totals, applied = self.workers.sum(torch.stack([*(self.window[k] for k in keys), self.window_steps])).tolist()
+        if not applied:
+            return None
+        means = {key: total / applied for key, total in zip(keys, totals)}  # applied: summed over the ranks too
+        for total in (*self.window.values(), self.window_steps):
+            total.zero_()  # in place: a captured step adds to these tensors
         if self.workers.is_main:
             self.run.log("train", step=self.step, epoch=self.epoch, images_per_second=round(rate, 1),
-                         lr=self.scheduler.get_last_lr()[0], kl_weight=self.kl_weight_value, **means)
+                         lr=float(self.scheduler.get_last_lr()[0]), kl_weight=self.kl_weight_value, **means)
         return means
 
     def _end_epoch(self, progress) -> None:
@@ -262,6 +310,7 @@ class Trainer:
 
     def _checkpoint(self, path) -> None:
         """Write a checkpoint (rank 0), unless the weights are not finite: then roll back."""
+        self._settle()  # a checkpoint records a decided guard
         ranks = self.workers.gather(_rng_state(self.device))
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
             self.bad_steps = self.settings.max_bad_steps
@@ -274,14 +323,15 @@ class Trainer:
         """Everything needed to continue the run, loadable with ``weights_only=True``."""
         state = {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": _plain_lr(self.optimizer.state_dict()),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "best_valid": self.best_valid,
-            "window": {"sums": {k: v.cpu() for k, v in self.window.items()}, "steps": self.window_steps},
+            "window": {"sums": {k: v.cpu() for k, v in self.window.items()}, "steps": int(self.window_steps),
+                       "consecutive_bad": int(self.consecutive)},
             "rng": {**self.loader.state_dict(), "ranks": rank_rng or [_rng_state(self.device)]},
             "metrics_size": self.run.metrics_size(),
             "config": self.config,
@@ -294,6 +344,8 @@ class Trainer:
         """Continue from a checkpoint written by :meth:`state_dict`."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.graphed is not None:
+            self._lr_on_device()
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and "ema" in state:
@@ -301,13 +353,36 @@ class Trainer:
         self.step, self.epoch = state["step"], state["epoch"]
         self.batch_in_epoch, self.best_valid = state["batch_in_epoch"], state["best_valid"]
         self.window = {k: v.to(self.device) for k, v in state["window"]["sums"].items()}
-        self.window_steps = state["window"]["steps"]
+        self.window_steps.fill_(state["window"]["steps"])
+        self.consecutive.fill_(state["window"].get("consecutive_bad", 0))  # absent before the device-side guard
+        self.read_at = self.step
         self.loader.load_state_dict(state["rng"])
         ranks = state["rng"]["ranks"]
         if len(ranks) == self.workers.world_size:  # else: fresh sampling noise, same data order
             _set_rng_state(ranks[self.workers.rank], self.device)
         if self.workers.is_main:
             self.run.truncate_metrics(state["metrics_size"])  # records after the checkpoint are written again
+
+
+    def _lr_on_device(self) -> None:
+        """The learning rate as a device tensor, which the scheduler fills and a captured step reads."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
+
+
+def _plain_lr(state: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer state dict with the learning rates as numbers, as every run writes them."""
+    groups = [{**group, "lr": float(group["lr"])} for group in state["param_groups"]]
+    return {**state, "param_groups": groups}
+
+
+def _check_capturable(device: torch.device, workers: Distributed) -> None:
+    """What ``trainer.cuda_graphs`` needs at run time, beyond what the config's check saw."""
+    if device.type != "cuda":
+        raise TrainingError(f"trainer.cuda_graphs needs a CUDA device; this run is on {device}")
+    if workers.enabled:
+        raise TrainingError("trainer.cuda_graphs is not supported under torchrun (the gradient all-reduce "
+                            "would have to be captured too); set trainer.cuda_graphs=false")
 
 
 def _rng_state(device: torch.device) -> dict[str, Tensor]:

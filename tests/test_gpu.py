@@ -1,4 +1,4 @@
-"""The trainer's GPU paths: mixed precision, torch.compile, device-resident and pinned data.
+"""The trainer's GPU paths: mixed precision, torch.compile, CUDA graphs, no synchronisation, data placement.
 
 Skipped without CUDA (CI has none); run on a lent GPU with ``pytest tests/test_gpu.py``.
 """
@@ -55,3 +55,34 @@ def test_every_flow_runs_under_cuda_autocast(name, dtype):
         z, logabsdet = flow(z0, context=torch.randn(4, 3, device="cuda"))
     (z.float().square().sum() - logabsdet.float().sum()).backward()
     assert torch.isfinite(z).all() and torch.isfinite(logabsdet).all() and torch.isfinite(z0.grad).all()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_graphs_train_like_the_eager_step(tmp_path, precision):
+    options = {"precision": precision, "ema_decay": 0.99, "kl_warmup_steps": 50, "free_bits": 0.05, "grad_clip": 5.0}
+    eager = train(tiny_on_gpu(tmp_path / "eager", **options))
+    graphed = train(tiny_on_gpu(tmp_path / "graphed", cuda_graphs=True, **options))
+    records = list(graphed.dir.records("train"))
+    assert all(math.isfinite(r["loss"]) for r in records) and records[-1]["loss"] < records[0]["loss"] - 20
+    assert graphed.metrics["neg_elbo"] == pytest.approx(eager.metrics["neg_elbo"], rel=0.02)
+
+
+@pytest.mark.parametrize("cuda_graphs", [False, True], ids=["eager", "graphed"])
+def test_the_steady_state_of_an_epoch_never_synchronises(tmp_path, cuda_graphs):
+    from test_device_step import make_trainer, take_steps
+
+    trainer = make_trainer(tmp_path, data={"root": None}, device="cuda", log_every=50, ema_decay=0.99, grad_clip=1.0,
+                           kl_warmup_steps=100, cuda_graphs=cuda_graphs)
+    batches = iter(trainer.loader.epoch())
+    take_steps(trainer, batches, 50)  # warm-up, capture
+    trainer._settle()
+    trainer._log_window(rate=1.0)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        take_steps(trainer, batches, 49)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    take_steps(trainer, batches, 1)
+    trainer._settle()
+    assert math.isfinite(trainer._log_window(rate=1.0)["loss"])

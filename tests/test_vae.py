@@ -135,3 +135,12 @@ def test_metrics_are_consistent(briefly_trained):
     assert metrics["neg_elbo"] == pytest.approx(metrics["recon"] + metrics["kl"])
     assert metrics["kl"] > 0 and metrics["recon"] > 0
     assert math.isfinite(metrics["nll_iw"])
+
+
+def test_bf16_evaluation_stays_within_a_tenth_of_a_percent_of_fp32(briefly_trained):
+    model, test = briefly_trained
+    fp32 = evaluate(model, test, iw_samples=20, batch_size=100)
+    bf16 = evaluate(model, test, iw_samples=20, batch_size=100, precision="bf16")  # same seed: same noise
+    for key in ("nll_iw", "neg_elbo"):
+        assert bf16[key] == pytest.approx(fp32[key], rel=0.001), key
+    assert bf16[key] != fp32[key]  # the passes did run in bf16
