@@ -32,7 +32,7 @@ from flowzoo.distributed import Distributed, resolve_device
 from flowzoo.ema import EMA
 from flowzoo.errors import TrainingError
 from flowzoo.evaluation import evaluate, evaluation_settings
-from flowzoo.images import image_grid
+from flowzoo.images import image_grid, sample_images
 from flowzoo.loader import TrainLoader
 from flowzoo.runs import RunDir
 from flowzoo.schedules import kl_weight, lr_factor
@@ -254,7 +254,8 @@ class Trainer:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), self.evaluated_weights():
             torch.manual_seed(self.evaluation.seed)  # the same noise every epoch; training's stream untouched
-            pictures = self.model.pictures(self.valid_images[:count].to(self.device).float())
+            images = sample_images(self.valid_images, count, self.evaluation.seed)  # the same ones every epoch
+            pictures = self.model.pictures(images.to(self.device).float())
         for name, images in pictures.items():
             self.run.save_image(name, image_grid(images), self.epoch, self.step)
 
