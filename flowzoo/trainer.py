@@ -118,7 +118,9 @@ class Trainer:
         if self.step == 0:
             self._checkpoint(self.run.last)  # something to roll back to from the first step on
         if self.workers.is_main:
-            self.run.log("start", step=self.step, epoch=self.epoch)  # when (re)started: see report.training_seconds
+            # Every record's epoch counts from 1: the epoch its step belongs to (train records, the
+            # epoch in progress; valid and test records, the epoch just finished).
+            self.run.log("start", step=self.step, epoch=self.epoch + 1)  # when (re)started: see report.training_seconds
         try:
             with training_progress(disable=not self.workers.is_main) as progress:
                 task = progress.add_task("training", total=self.total_steps, completed=self.step, status="")
@@ -182,7 +184,7 @@ class Trainer:
     def _skip_step(self) -> None:
         self.bad_steps += 1
         if self.workers.is_main:
-            self.run.log("skipped", step=self.step, epoch=self.epoch, consecutive=self.bad_steps)
+            self.run.log("skipped", step=self.step, epoch=self.epoch + 1, consecutive=self.bad_steps)
         if self.bad_steps >= self.settings.max_bad_steps:
             self._roll_back()
 
@@ -202,7 +204,7 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self.rollbacks += 1
         if self.workers.is_main:
-            self.run.log("rollback", step=self.step, epoch=self.epoch, to_step=state["step"], rollbacks=self.rollbacks)
+            self.run.log("rollback", step=self.step, epoch=self.epoch + 1, to_step=state["step"], rollbacks=self.rollbacks)
             console.print(
                 f"[yellow]{self.bad_steps} consecutive non-finite steps at step {self.step}: restored the weights "
                 f"of step {state['step']} from {self.run.last} (rollback {self.rollbacks} of at most "
@@ -217,7 +219,7 @@ class Trainer:
         means = dict(zip(keys, (totals / (self.window_steps * self.workers.world_size)).tolist()))
         self.window, self.window_steps = {}, 0
         if self.workers.is_main:
-            self.run.log("train", step=self.step, epoch=self.epoch, images_per_second=round(rate, 1),
+            self.run.log("train", step=self.step, epoch=self.epoch + 1, images_per_second=round(rate, 1),
                          lr=self.scheduler.get_last_lr()[0], kl_weight=self.kl_weight_value, **means)
         return means
 
@@ -225,6 +227,8 @@ class Trainer:
         self.epoch += 1
         self.batch_in_epoch = 0
         valid = self._validate()
+        if not math.isfinite(valid["neg_elbo"]):
+            self._invalid_validation(valid["neg_elbo"])
         improved = valid["neg_elbo"] < self.best_valid
         if improved:
             self.best_valid = valid["neg_elbo"]
@@ -234,6 +238,16 @@ class Trainer:
         self._checkpoint(self.run.last)
         if self.workers.is_main:
             progress.console.print(epoch_summary(self.epoch, valid, improved))
+
+    def _invalid_validation(self, value: float) -> None:
+        """End the run: the model gives a non-finite −ELBO on validation images. Neither best.pt nor
+        last.pt takes these weights, so last.pt still holds the last good checkpoint to resume from."""
+        raise TrainingError(
+            f"the validation −ELBO is {value} after epoch {self.epoch} (step {self.step}), although the training "
+            f"losses were finite: the model overflows on some validation images. {self.run.last} keeps the last "
+            "checkpoint before it; try a lower trainer.lr, trainer.grad_clip, or a flow that stays finite on "
+            "large latents (flowzoo check-flow NAME trains it in a small VAE)."
+        )
 
     def evaluated_weights(self):
         """Context in which the model holds the weights used for evaluation (the EMA, if on)."""
