@@ -22,9 +22,8 @@ from conftest import FIXTURES, REPO, run_cli, tiny_config
 SINH_FLOWS = FIXTURES / "sinh_flows.py"
 
 
-def test_overrides_and_flags_mix_in_any_order_for_every_command(tiny_run, tmp_path, capsys):
-    run_dir, _ = tiny_run
-    assert main(["sample", str(run_dir), "--count", "4", "--output", str(tmp_path), "eval.iw_samples=3"]) == 0
+def test_overrides_and_flags_mix_in_any_order_for_every_command(tiny_mlp_run, tmp_path, capsys):
+    assert main(["sample", str(tiny_mlp_run), "--count", "4", "--output", str(tmp_path), "eval.iw_samples=3"]) == 0
     assert (tmp_path / "samples.png").is_file()
     assert main(["config", "configs/mnist_iaf.yaml", "--diff", "trainer.epochs=2"]) == 0
     assert "trainer.epochs: 2000 → 2" in capsys.readouterr().out
