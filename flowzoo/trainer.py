@@ -204,7 +204,8 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self.rollbacks += 1
         if self.workers.is_main:
-            self.run.log("rollback", step=self.step, epoch=self.epoch + 1, to_step=state["step"], rollbacks=self.rollbacks)
+            self.run.log("rollback", step=self.step, epoch=self.epoch + 1, to_step=state["step"],
+                         rollbacks=self.rollbacks)
             console.print(
                 f"[yellow]{self.bad_steps} consecutive non-finite steps at step {self.step}: restored the weights "
                 f"of step {state['step']} from {self.run.last} (rollback {self.rollbacks} of at most "
