@@ -4,6 +4,8 @@ Compose a VAE from registered components in YAML or Python, train it, and evalua
 it with the metrics papers report (−ELBO, importance-weighted −log p(x)).
 """
 
+import importlib.metadata
+
 # Importing the component modules registers the built-in components.
 from flowzoo import blocks, datasets, decoders, encoders, flows, likelihoods, posteriors, priors, resnet_vae  # noqa: F401
 from flowzoo.config import ExperimentConfig, load_config
@@ -33,7 +35,11 @@ from flowzoo.registry import (
 )
 from flowzoo.vae import VAE, build_model
 
+__version__ = importlib.metadata.version("flowzoo")
+"""The installed distribution's version (its package metadata)."""
+
 __all__ = [
+    "__version__",
     "CheckpointError",
     "ConfigError",
     "DataError",

@@ -18,7 +18,8 @@ be named in the rest of the config.
 
 from __future__ import annotations
 
-__all__ = ["ExperimentConfig", "TrainerConfig", "EvalConfig", "LoggingConfig", "WandbConfig", "load_config"]
+__all__ = ["ExperimentConfig", "TrainerConfig", "EvalConfig", "LoggingConfig", "WandbConfig", "load_config",
+           "yaml_value", "base_file"]
 
 import dataclasses
 import importlib.util
@@ -346,13 +347,69 @@ def _read(source: str | Path | Mapping[str, Any], label: str | None, chain: tupl
     base_path = (path.parent / base).resolve()
     if base_path in chain or base_path == path.resolve():
         raise ConfigError([Problem(BASE_KEY, f"{base} is already a base of this config (a cycle)")], label)
-    return OmegaConf.merge(_read(base_path, label, (*chain, path.resolve())), loaded)
+    return _merged(_read(base_path, label, (*chain, path.resolve())), loaded)
+
+
+def _merged(base: DictConfig, config: DictConfig) -> DictConfig:
+    """``config`` merged over its base: mappings key by key and lists replaced whole, except
+    that a component spec naming another component than the base's (its ``name`` differs, or
+    the base's has none) replaces the base's spec whole, as it does on the command line:
+    the base's parameters belong to the other component."""
+    _drop_replaced_specs(base, config)
+    return OmegaConf.merge(base, config)
+
+
+def _drop_replaced_specs(base: DictConfig, config: DictConfig) -> None:
+    for key in config.keys():
+        new, old = config._get_node(key), base._get_node(key) if key in base else None
+        if not (isinstance(new, DictConfig) and isinstance(old, DictConfig)):
+            continue
+        if "name" in new and ("name" not in old or new._get_node("name")._value() != old._get_node("name")._value()):
+            del base[key]
+        else:
+            _drop_replaced_specs(old, new)  # specs inside specs: the model's encoder, a block, ...
+
+
+def base_file(path: str | Path) -> Path | None:
+    """The file a YAML config starts from (its ``base:``, relative to it), or None.
+
+    Example:
+        >>> base_file("configs/mnist_planar.yaml")
+        PosixPath('configs/mnist_vae.yaml')
+    """
+    base = OmegaConf.load(path).get(BASE_KEY)
+    return Path(path).parent / base if base is not None else None
 
 
 def _yaml_message(error: yaml.YAMLError) -> str:
     mark = getattr(error, "problem_mark", None)
     problem = getattr(error, "problem", None) or str(error)
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
+class _ValueLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, whose YAML 1.1 floats need a dot (``3e-4`` is a string there),
+    with the floats of YAML 1.2 that omegaconf also reads in files: ``3e-4`` is a number."""
+
+
+# add_implicit_resolver would append to lists shared with yaml.SafeLoader: copy them first.
+_ValueLoader.yaml_implicit_resolvers = {first: list(resolvers)
+                                        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+_ValueLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
+
+
+def yaml_value(text: str) -> Any:
+    """A value written on the command line (``key=value``), read as a config file's values are.
+
+    Raises:
+        yaml.YAMLError: ``text`` is not YAML.
+
+    Example:
+        >>> yaml_value("3e-4"), yaml_value("[64, 64]"), yaml_value("{name: mlp}"), yaml_value("1e3x")
+        (0.0003, [64, 64], {'name': 'mlp'}, '1e3x')
+    """
+    return yaml.load(text, Loader=_ValueLoader)
 
 
 def _apply_overrides(config: DictConfig, overrides: Iterable[str]) -> list[Problem]:
@@ -363,7 +420,7 @@ def _apply_overrides(config: DictConfig, overrides: Iterable[str]) -> list[Probl
             problems.append(Problem("", f"override '{item}' is not of the form key=value"))
             continue
         try:
-            value = yaml.safe_load(text)
+            value = yaml_value(text)
         except yaml.YAMLError as error:
             problems.append(Problem(key, f"cannot parse override value {text!r}: {_yaml_message(error)}"))
             continue

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["Run", "train", "resume", "evaluate_run", "load_run", "sample_run", "RESUMABLE_KEYS"]
+__all__ = ["Run", "RunInterrupted", "train", "resume", "evaluate_run", "load_run", "sample_run", "RESUMABLE_KEYS"]
 
 import dataclasses
 from pathlib import Path
@@ -16,7 +16,7 @@ from flowzoo.console import config_panel, console, parameter_table, results_tabl
 from flowzoo.distributed import Distributed, resolve_device, setup_distributed
 from flowzoo.errors import CheckpointError, ConfigError, Problem
 from flowzoo.evaluation import evaluate, evaluation_settings
-from flowzoo.images import image_grid, save_png
+from flowzoo.images import image_grid, sample_images, save_png
 from flowzoo.legacy import saved_config
 from flowzoo.registry import datasets, models
 from flowzoo.runs import RunDir, flat_config
@@ -35,6 +35,15 @@ RESUMABLE_KEYS = (
     "eval.",
 )
 """Keys a resumed run may change: how long it trains, where, and how it reports."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C while a run trained or was evaluated: ``run`` is its directory, which ``flowzoo
+    resume`` continues from its last checkpoint."""
+
+    def __init__(self, run: RunDir):
+        super().__init__(str(run.path))
+        self.run = run
 
 
 @dataclasses.dataclass
@@ -132,6 +141,15 @@ def _fit_as(workers: Distributed, config: ExperimentConfig, run: RunDir | None,
         run = RunDir(workers.broadcast(path))
     if workers.is_main:  # config.yaml again: a resumed run may have been given more epochs
         run.begin(plain, resolve_device(config.trainer.device, workers))  # lock, provenance.json, W&B
+    try:
+        return _train_and_test(workers, config, plain, run, state, dataset, model, splits)
+    except KeyboardInterrupt:
+        raise RunInterrupted(run) from None
+
+
+def _train_and_test(workers: Distributed, config: ExperimentConfig, plain: dict[str, Any], run: RunDir,
+                    state: dict[str, Any] | None, dataset: Any, model: VariationalModel,
+                    splits: dict[str, torch.Tensor]) -> Run:
     console.print(config_panel(plain, title=f"{config.name} → {run.path}"))
     console.print(parameter_table(model))
     trainer = Trainer(model, splits, config.trainer, run, evaluation=config.eval, seed=config.seed, config=plain,
@@ -196,7 +214,9 @@ def sample_run(run_dir: str | Path, overrides: Iterable[str] = (), *, count: int
     """Picture a saved run's best weights (``flowzoo sample RUN_DIR``): PNG grids of
     ``count`` samples from the prior, of ``count`` images of the evaluation split each
     beside its reconstruction, and of ``pairs`` latent interpolations in ``steps``
-    steps between two such images (one row each, reconstructions at both ends).
+    steps between two such images (one row each, reconstructions at both ends). The
+    images are a random draw from the split (:func:`~flowzoo.images.sample_images`),
+    and ``seed`` seeds both it and the sampling noise.
 
     Returns:
         The path of each picture, under ``output`` (default ``RUN_DIR/samples``).
@@ -206,7 +226,7 @@ def sample_run(run_dir: str | Path, overrides: Iterable[str] = (), *, count: int
                                    f"got count={count}, pairs={pairs}, steps={steps}")])
     config, model, dataset = load_run(run_dir, overrides)
     device = next(model.parameters()).device
-    images = dataset.load(config.eval.split)[: max(count, 2 * pairs)].to(device).float()
+    images = sample_images(dataset.load(config.eval.split), max(count, 2 * pairs), seed).to(device).float()
     if len(images) < 2 * pairs:
         raise ConfigError([Problem("sample", f"{2 * pairs} images needed for {pairs} interpolations, but the "
                                    f"{config.eval.split} split has {len(images)}")])

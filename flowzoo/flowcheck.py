@@ -2,15 +2,20 @@
 
 The checks build the flow at a small size in float64, move its parameters away
 from their (often near-identity) initialisation, and compare what it reports with
-what autograd measures on random inputs and contexts. The same function serves the
-command line, flowzoo's own test suite (run over every registered flow) and a
-plugin author's tests.
+what autograd measures on random inputs and contexts. A flow can pass all of these
+and still explode in use, where a VAE feeds it latents of its own scale, stacked a
+few steps deep (``z + sinh(z)`` overflows after three steps from ``z = 3``), so the
+last check trains it, from its initialisation in float32, inside a small VAE on real
+data. The same function serves the command line, flowzoo's own test suite (run over
+every registered flow) and a plugin author's tests.
 """
 
 from __future__ import annotations
 
-__all__ = ["check_flow", "jacobians"]
+__all__ = ["check_flow", "jacobians", "TRAIN_STEPS", "TRAIN_REPEAT"]
 
+import functools
+import math
 from typing import Any, Mapping
 
 import torch
@@ -19,7 +24,15 @@ from torch import nn
 from torch.autograd.functional import jacobian
 
 from flowzoo.contracts import FAIL, PASS, SKIP, Report, build, gradient_check, perturb, run_check, save_load_check
+from flowzoo.datasets import BinarizedMNIST
 from flowzoo.registry import flows
+from flowzoo.vae import build_model
+
+TRAIN_STEPS = 50
+"""Adam steps of the training check."""
+TRAIN_REPEAT = 4
+"""Steps of the flow in the training check's VAE, as configs stack them (``repeat: 4``)."""
+_TRAIN_BATCH, _TRAIN_IMAGES, _VALID_IMAGES = 100, 5000, 500
 
 
 def jacobians(flow: nn.Module, z: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
@@ -40,13 +53,18 @@ def check_flow(
     seed: int = 0,
     perturbation: float = 0.3,
     tolerance: float = 1e-6,
+    train_steps: int = TRAIN_STEPS,
 ) -> Report:
-    """Build a registered flow small, in float64, and check it against autograd.
+    """Build a registered flow small, in float64, and check it against autograd; then train it.
 
     Checks: output shapes; log-det against ``log|det J|`` of the autograd Jacobian;
     finite gradients reaching every parameter and the input; the Jacobian's
     triangular structure for flows registered with ``triangular="lower"``/``"upper"``;
-    the inverse, when the flow has one; and a state-dict round trip.
+    the inverse, when the flow has one; a state-dict round trip; and that it trains:
+    :data:`TRAIN_REPEAT` steps of it in a VAE (MLP encoder and decoder, latent size
+    ``features``, context ``context_features``) on static binarized MNIST, ``train_steps``
+    Adam steps of 100 images from its initialisation in float32, keep every loss and the
+    validation −ELBO finite and lower the loss.
 
     Args:
         flow: a registered name, or a spec ``{name: ..., **parameters}``.
@@ -58,6 +76,7 @@ def check_flow(
             square root of the fan-in for weight matrices), so the checks do not only
             see the near-identity start.
         tolerance: largest accepted absolute error.
+        train_steps: Adam steps of the training check; 0 leaves it out.
 
     Raises:
         ConfigError: the name is unknown or the parameters are invalid.
@@ -65,7 +84,7 @@ def check_flow(
     Example:
         >>> report = check_flow("planar")
         >>> report.passed, [check.name for check in report.checks]
-        (True, ['output shapes', 'log-det = log|det J|', 'finite gradients', 'inverse', 'save/load'])
+        (True, ['output shapes', 'log-det = log|det J|', 'finite gradients', 'inverse', 'save/load', 'trains in a VAE'])
     """
     spec = {"name": flow} if isinstance(flow, str) else dict(flow)
 
@@ -90,7 +109,11 @@ def check_flow(
         checks.append(run_check("inverse", lambda: _inverse(module, z, context, tolerance)))
         checks.append(run_check("save/load", lambda: save_load_check(module, build_flow(seed + 100),
                                                                      lambda flow: flow(z, context=context))))
-    return Report("flow", spec["name"], spec, tuple(checks), caption=f"float64, tolerance {tolerance:g}")
+        if train_steps:
+            checks.append(run_check("trains in a VAE",
+                                    lambda: _trains(spec, features, context_features, seed, train_steps)))
+    caption = f"float64, tolerance {tolerance:g}" + ("; training in float32" if train_steps else "")
+    return Report("flow", spec["name"], spec, tuple(checks), caption=caption)
 
 
 def _shapes(flow, z, context):
@@ -131,3 +154,38 @@ def _inverse(flow, z, context, tolerance):
         return SKIP, str(reason) or "no analytic inverse", None
     error = max((back - z).abs().max().item(), (inverse_logabsdet + logabsdet).abs().max().item())
     return (PASS if error <= tolerance else FAIL), "inverse(forward(z)) = z and its log-det = −log-det", error
+
+
+@functools.cache
+def _images(split: str, count: int) -> torch.Tensor:
+    """The first images of a split of static binarized MNIST (the packaged copy needs no download)."""
+    return BinarizedMNIST(download=False).load(split)[:count].float()
+
+
+def _trains(spec, features, context_features, seed, steps):
+    small = flows[spec["name"]].tags.get("test_parameters") or {}
+    torch.manual_seed(seed)
+    model = build_model({"latent_size": features, "context_size": context_features,
+                         "encoder": {"name": "mlp", "hidden_sizes": [128]},
+                         "decoder": {"name": "mlp", "hidden_sizes": [128]},
+                         "flows": [{**small, **spec, "repeat": TRAIN_REPEAT}]}, data_shape=(1, 28, 28))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    images = _images("train", _TRAIN_IMAGES)
+    batches = torch.randint(len(images), (steps, _TRAIN_BATCH), generator=torch.Generator().manual_seed(seed))
+    where = f"{TRAIN_REPEAT} steps of it in a VAE on binarized MNIST"
+    losses = []
+    for step, batch in enumerate(batches, 1):
+        loss = model(images[batch])["loss"]
+        if not torch.isfinite(loss):
+            return FAIL, f"loss {loss.item()} at Adam step {step} of {steps} ({where})", None
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    with torch.no_grad():
+        valid = model(_images("valid", _VALID_IMAGES))["neg_elbo"].item()
+    window = max(1, steps // 5)
+    first, last = sum(losses[:window]) / window, sum(losses[-window:]) / window
+    detail = f"{steps} Adam steps of {where}: loss {first:.1f} → {last:.1f}, validation −ELBO {valid:.1f}"
+    return (PASS if math.isfinite(valid) and last < first else FAIL), detail, None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["image_grid", "save_png"]
+__all__ = ["image_grid", "sample_images", "save_png"]
 
 import math
 from pathlib import Path
@@ -39,6 +39,19 @@ def image_grid(images: Tensor, columns: int | None = None, padding: int = 2) -> 
         left = padding + (i % columns) * (width + padding)
         grid[:, top : top + height, left : left + width] = image
     return grid
+
+
+def sample_images(images: Tensor, count: int, seed: int) -> Tensor:
+    """``count`` of the images (all of them when there are fewer) in a random order seeded by
+    ``seed``: the pictures of a split, whose first images may all be alike (static binarized
+    MNIST's test split is sorted by digit).
+
+    Example:
+        >>> sample_images(torch.arange(10_000), 4, seed=0).tolist() != [0, 1, 2, 3]
+        True
+    """
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    return images[order[:count]]
 
 
 def save_png(grid: Tensor, path: Path) -> None:

@@ -64,13 +64,13 @@ __all__ = [
 
 import fnmatch
 import inspect
-import re
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from torch import nn
 
+from flowzoo import docstrings
 from flowzoo.errors import ConfigError, FlowzooError, Problem, did_you_mean
 from flowzoo.plugins import load_entry_points, origin_of
 from flowzoo.schema import Checked, Resolved, describe, resolve_value
@@ -113,10 +113,9 @@ class Entry:
 
     @property
     def summary(self) -> str:
-        """First line of the docstring, without reStructuredText markup."""
-        line = (inspect.getdoc(self.factory) or "").split("\n", 1)[0]
-        line = re.sub(r":\w+:`~?(?:[\w.]+\.)?([^`]+)`", r"\1", line)
-        return line.replace("``", "")
+        """First line of the component's own docstring, as Markdown: a parameter named in it stays
+        code (`reflections`) rather than reading as a word of the sentence."""
+        return docstrings.markdown(docstrings.summary(self.factory), cell=False)
 
 
 class Registry:

@@ -39,6 +39,7 @@ __all__ = [
 import csv
 import dataclasses
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -223,7 +224,9 @@ def summarize_run(run_dir: str | Path) -> Row:
     valid = [r for r in records if r["kind"] == "valid"]
     # The end-of-training test record and any `flowzoo eval` of the test split, in order.
     tested = [r for r in records if r["kind"] in ("test", "eval") and r.get("split", "test") == "test"]
-    best_valid = min(valid, key=lambda r: r["neg_elbo"], default={})  # the first minimum, as best.pt
+    # The first minimum, as best.pt; a non-finite value (null; NaN in older files) never is.
+    finite = [r for r in valid if isinstance(r.get("neg_elbo"), (int, float)) and math.isfinite(r["neg_elbo"])]
+    best_valid = min(finite, key=lambda r: r["neg_elbo"], default={})
     first_test = tested[0] if tested else {}
     tightest = max(reversed(tested), key=lambda r: r["iw_samples"], default={})  # the latest of the largest K
     batch_size = _section(config, "trainer").get("batch_size")

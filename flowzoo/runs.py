@@ -28,6 +28,7 @@ import dataclasses
 import datetime
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import shlex
@@ -305,7 +306,8 @@ class RunDir:
         """Append one record to ``metrics.jsonl``; its numbers also go to TensorBoard and W&B as
         ``kind/key`` (the final evaluation reaches W&B as its summary, see :meth:`finish`)."""
         with open(self.metrics_file, "a") as file:
-            file.write(json.dumps({"kind": kind, "time": round(time.time(), 3), **record}) + "\n")
+            file.write(json.dumps(_strict({"kind": kind, "time": round(time.time(), 3), **record}), allow_nan=False)
+                       + "\n")
         if "step" not in record:
             return
         numbers = {f"{kind}/{key}": value for key, value in record.items()
@@ -345,6 +347,22 @@ class RunDir:
                 record = json.loads(line)
                 if kind is None or record["kind"] == kind:
                     yield record
+
+
+def _strict(value: Any) -> Any:
+    """A record as strict JSON has it: a non-finite number (NaN, ±inf, which JSON lacks) as null.
+
+    Example:
+        >>> _strict({"neg_elbo": float("nan"), "kl": [1.5, float("inf")], "step": 3})
+        {'neg_elbo': None, 'kl': [1.5, None], 'step': 3}
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(item) for item in value]
+    return value
 
 
 def _is_number(value: Any) -> bool:

@@ -47,7 +47,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from flowzoo.config import ExperimentConfig, load_config
+from flowzoo.config import ExperimentConfig, load_config, yaml_value
 from flowzoo.console import console
 from flowzoo.errors import ConfigError, Problem
 from flowzoo.executors import LocalOptions, SlurmOptions, Task
@@ -175,7 +175,7 @@ def split_values(text: str) -> list[str]:
 def _parsed(text: str) -> Any:
     """An override's value as the config gets it (the text itself if it is no YAML: validation says so)."""
     try:
-        return yaml.safe_load(text)
+        return yaml_value(text)
     except yaml.YAMLError:
         return text
 
@@ -608,7 +608,7 @@ def sweep_hint(error: ConfigError, config: str, overrides: Iterable[str]) -> Con
     for item in overrides:
         key, _, text = item.partition("=")
         try:
-            parsed = yaml.safe_load(text)
+            parsed = yaml_value(text)
             values = [_yaml_text(value) for value in parsed] if isinstance(parsed, list) else split_values(text)
         except (yaml.YAMLError, ValueError):
             continue

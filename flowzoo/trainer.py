@@ -32,7 +32,7 @@ from flowzoo.ema import EMA
 from flowzoo.errors import TrainingError
 from flowzoo.evaluation import evaluate, evaluation_settings
 from flowzoo.graphs import GraphedStep
-from flowzoo.images import image_grid
+from flowzoo.images import image_grid, sample_images
 from flowzoo.loader import TrainLoader
 from flowzoo.optim import make_optimizer
 from flowzoo.runs import RunDir
@@ -132,7 +132,9 @@ class Trainer:
         if self.step == 0:
             self._checkpoint(self.run.last)  # something to roll back to from the first step on
         if self.workers.is_main:
-            self.run.log("start", step=self.step, epoch=self.epoch)  # when (re)started: see report.training_seconds
+            # Every record's epoch counts from 1: the epoch its step belongs to (train records, the
+            # epoch in progress; valid and test records, the epoch just finished).
+            self.run.log("start", step=self.step, epoch=self.epoch + 1)  # when (re)started: see report.training_seconds
         try:
             with training_progress(disable=not self.workers.is_main) as progress:
                 task = progress.add_task("training", total=self.total_steps, completed=self.step, status="")
@@ -219,7 +221,7 @@ class Trainer:
             if run:
                 step = self.read_at + offset
                 if self.workers.is_main:
-                    self.run.log("skipped", step=step, epoch=step // steps_per_epoch, consecutive=int(run))
+                    self.run.log("skipped", step=step, epoch=step // steps_per_epoch + 1, consecutive=int(run))
         self.read_at = self.step
         self.position.zero_()
         self.bad_steps = int(max(runs, default=0))
@@ -245,7 +247,8 @@ class Trainer:
             self.graphed.reset()
         self.rollbacks += 1
         if self.workers.is_main:
-            self.run.log("rollback", step=self.step, epoch=self.epoch, to_step=state["step"], rollbacks=self.rollbacks)
+            self.run.log("rollback", step=self.step, epoch=self.epoch + 1, to_step=state["step"],
+                         rollbacks=self.rollbacks)
             console.print(
                 f"[yellow]{self.bad_steps} consecutive non-finite steps at step {self.step}: restored the weights "
                 f"of step {state['step']} from {self.run.last} (rollback {self.rollbacks} of at most "
@@ -265,7 +268,7 @@ class Trainer:
         for total in (*self.window.values(), self.window_steps):
             total.zero_()  # in place: a captured step adds to these tensors
         if self.workers.is_main:
-            self.run.log("train", step=self.step, epoch=self.epoch, images_per_second=round(rate, 1),
+            self.run.log("train", step=self.step, epoch=self.epoch + 1, images_per_second=round(rate, 1),
                          lr=float(self.scheduler.get_last_lr()[0]), kl_weight=self.kl_weight_value, **means)
         return means
 
@@ -273,6 +276,8 @@ class Trainer:
         self.epoch += 1
         self.batch_in_epoch = 0
         valid = self._validate()
+        if not math.isfinite(valid["neg_elbo"]):
+            self._invalid_validation(valid["neg_elbo"])
         improved = valid["neg_elbo"] < self.best_valid
         if improved:
             self.best_valid = valid["neg_elbo"]
@@ -282,6 +287,16 @@ class Trainer:
         self._checkpoint(self.run.last)
         if self.workers.is_main:
             progress.console.print(epoch_summary(self.epoch, valid, improved))
+
+    def _invalid_validation(self, value: float) -> None:
+        """End the run: the model gives a non-finite −ELBO on validation images. Neither best.pt nor
+        last.pt takes these weights, so last.pt still holds the last good checkpoint to resume from."""
+        raise TrainingError(
+            f"the validation −ELBO is {value} after epoch {self.epoch} (step {self.step}), although the training "
+            f"losses were finite: the model overflows on some validation images. {self.run.last} keeps the last "
+            "checkpoint before it; try a lower trainer.lr, trainer.grad_clip, or a flow that stays finite on "
+            "large latents (flowzoo check-flow NAME trains it in a small VAE)."
+        )
 
     def evaluated_weights(self):
         """Context in which the model holds the weights used for evaluation (the EMA, if on)."""
@@ -302,7 +317,8 @@ class Trainer:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), self.evaluated_weights():
             torch.manual_seed(self.evaluation.seed)  # the same noise every epoch; training's stream untouched
-            pictures = self.model.pictures(self.valid_images[:count].to(self.device).float())
+            images = sample_images(self.valid_images, count, self.evaluation.seed)  # the same ones every epoch
+            pictures = self.model.pictures(images.to(self.device).float())
         for name, images in pictures.items():
             self.run.save_image(name, image_grid(images), self.epoch, self.step)
 

@@ -19,17 +19,15 @@ import argparse
 import ast
 import dataclasses
 import inspect
-import re
 import sys
 import textwrap
 import typing
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import yaml
-
 import flowzoo  # noqa: F401  (importing the package registers the built-in components)
 from flowzoo.config import ExperimentConfig
+from flowzoo.docstrings import markdown, parameter_docs, parameter_rows, summary, yaml_inline
 from flowzoo.registry import REGISTRIES, Entry, Registry
 from flowzoo.schema import checked_by, describe
 from flowzoo.vae import resolve_flows
@@ -47,89 +45,8 @@ _SPEC_LISTS: dict[Callable[..., Any], str] = {resolve_flows: "flows"}
 # -- text -----------------------------------------------------------------------------------
 
 
-def markdown(text: str, cell: bool = True) -> str:
-    """Docstring text (reStructuredText) as one line of Markdown; in a table ``cell``, ``|`` is escaped."""
-    text = " ".join(text.split())
-    text = re.sub(r":[\w:]+:`(~?)([^`]+)`", _role, text)
-    text = text.replace("``", "`")
-    return text.replace("|", "\\|") if cell else text
-
-
-def _role(match: re.Match) -> str:
-    """``:class:`~a.b.C``` as `C`, ``:func:`f``` as `f`."""
-    target = match.group(2)
-    return f"`{target.rsplit('.', 1)[-1] if match.group(1) else target}`"
-
-
-def yaml_inline(value: Any) -> str:
-    """A default as it would be written in a YAML config: tuples as lists, mappings inline."""
-
-    def plain(item: Any) -> Any:
-        if isinstance(item, (tuple, list)):
-            return [plain(v) for v in item]
-        if isinstance(item, typing.Mapping):
-            return {k: plain(v) for k, v in item.items()}
-        return item
-
-    text = yaml.safe_dump(plain(value), default_flow_style=True, sort_keys=False, allow_unicode=True, width=10**6)
-    return text.removesuffix("\n").removesuffix("\n...").strip()
-
-
 def code(text: str, cell: bool = True) -> str:
     return f"`{text}`".replace("|", "\\|") if cell else f"`{text}`"
-
-
-def docstring_args(doc: str | None) -> dict[str, str]:
-    """Parameter name → description from the Google-style ``Args:`` section of a docstring.
-
-    Each entry is ``name: text`` (or ``name (type): text``); lines indented further
-    than the entry continue it; the section ends at the first non-blank line indented
-    no further than the ``Args:`` header.
-
-    Example:
-        >>> doc = "Summary.\\n\\nArgs:\\n    a: first\\n        line.\\n    b (int): two.\\n\\nReturns:\\n    x"
-        >>> docstring_args(doc)
-        {'a': 'first line.', 'b': 'two.'}
-    """
-    if not doc:
-        return {}
-    lines = inspect.cleandoc(doc).splitlines()
-    result: dict[str, list[str]] = {}
-    header_indent = entry_indent = None
-    current = None
-    for line in lines:
-        indent = len(line) - len(line.lstrip())
-        if header_indent is None:
-            if line.strip() in ("Args:", "Arguments:", "Parameters:"):
-                header_indent = indent
-            continue
-        if not line.strip():
-            continue
-        if indent <= header_indent:
-            break
-        if entry_indent is None:
-            entry_indent = indent
-        match = re.fullmatch(r"\*{0,2}(\w+)\s*(?:\([^)]*\))?:\s*(.*)", line.strip())
-        if indent <= entry_indent and match:
-            current = match.group(1)
-            result[current] = [match.group(2)]
-        elif current is not None:
-            result[current].append(line.strip())
-    return {name: " ".join(" ".join(parts).split()) for name, parts in result.items()}
-
-
-def own_docstring(factory: Callable[..., Any]) -> str:
-    """The factory's own docstring (a class without one does not inherit its base's)."""
-    return inspect.cleandoc(factory.__doc__) if factory.__doc__ else ""
-
-
-def parameter_docs(factory: Callable[..., Any]) -> dict[str, str]:
-    """Descriptions of a factory's parameters: its ``Args:``, and for a class its ``__init__``'s too."""
-    docs = {}
-    if inspect.isclass(factory) and "__init__" in vars(factory):
-        docs.update(docstring_args(vars(factory)["__init__"].__doc__))
-    docs.update(docstring_args(factory.__doc__))
-    return docs
 
 
 def field_docs(section: type) -> dict[str, str]:
@@ -186,8 +103,8 @@ def section_lines(key: str, section: type) -> list[str]:
     hints = typing.get_type_hints(section, include_extras=True)
     docs = field_docs(section)
     title = f"`{key}`" if key else "Top level"
-    summary = markdown(first_line(section), cell=False)
-    lines = [f"### {title}", "", f"`{section.__module__}.{section.__qualname__}`: {summary}", ""]
+    lines = [f"### {title}", "",
+             f"`{section.__module__}.{section.__qualname__}`: {markdown(summary(section), cell=False)}", ""]
     rows = []
     for field in dataclasses.fields(section):
         annotation = hints[field.name]
@@ -196,7 +113,7 @@ def section_lines(key: str, section: type) -> list[str]:
             nested = f"{key}.{field.name}" if key else field.name
             kind = "a mapping"
             default = f"[see below](#{section_anchor(nested)})"
-            meaning = meaning or markdown(first_line(annotation))
+            meaning = meaning or markdown(summary(annotation))
         else:
             kind = type_words(annotation)
             if field.default is not dataclasses.MISSING:
@@ -209,19 +126,12 @@ def section_lines(key: str, section: type) -> list[str]:
     return lines + table(("key", "type", "default", "meaning"), rows) + [""]
 
 
-def first_line(obj: Any) -> str:
-    return own_docstring(obj).split("\n", 1)[0]
-
-
 def entry_lines(registry: Registry, entry: Entry) -> list[str]:
     factory = entry.factory
-    summary = markdown(first_line(factory), cell=False)
-    lines = [f"#### `{entry.name}`", "", f"`{entry.module}.{factory.__qualname__}`: {summary}", ""]
-    docs = parameter_docs(factory)
-    rows = []
-    for param in entry.parameters.values():
-        default = "required" if param.required else code(yaml_inline(param.default))
-        rows.append((code(param.name), type_words(param.annotation), default, markdown(docs.get(param.name, ""))))
+    lines = [f"#### `{entry.name}`", "",
+             f"`{entry.module}.{factory.__qualname__}`: {markdown(summary(factory), cell=False)}", ""]
+    rows = [(code(row.name), type_words(row.annotation), "required" if row.default is None else code(row.default),
+             markdown(row.meaning)) for row in parameter_rows(factory, entry.parameters)]
     lines += table(("parameter", "type", "default", "meaning"), rows) if rows else ["No parameters."]
     notes = []
     if entry.injected:

@@ -83,3 +83,23 @@ def tiny_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     assert result.returncode == 0, result.stderr
     (run_dir,) = output.iterdir()
     return run_dir, result
+
+
+@pytest.fixture(scope="session")
+def tiny_mlp_run(tmp_path_factory) -> Path:
+    """One epoch of :data:`TINY` (MLPs on 3,000 real images), trained in this process: a saved
+    run for the commands that read one, in seconds."""
+    import yaml
+
+    from flowzoo.cli import main
+
+    tmp_path = tmp_path_factory.mktemp("tiny_mlp")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(output_dir=str(tmp_path / "runs"))))
+    sys.path.insert(0, str(FIXTURES))
+    try:
+        assert main(["train", str(config), "trainer.epochs=1"]) == 0
+    finally:
+        sys.path.remove(str(FIXTURES))
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    return run_dir

@@ -160,6 +160,32 @@ def test_a_config_extends_its_base_and_replaces_lists(tmp_path: Path):
     assert "base" not in dataclasses.asdict(config)
 
 
+def test_a_spec_naming_another_component_replaces_the_base_spec_in_yaml_as_on_the_command_line(tmp_path: Path):
+    mlp = "{name: mlp, hidden_sizes: [128]}"
+    (tmp_path / "mlp.yaml").write_text(f"base: {REPO / 'configs' / 'mnist_vae.yaml'}\n"
+                                       f"model:\n  encoder: {mlp}\n  decoder: {mlp}\n")
+    in_yaml = load_config(tmp_path / "mlp.yaml")
+    on_the_command_line = load_config(REPO / "configs" / "mnist_vae.yaml",
+                                      [f"model.encoder={mlp}", f"model.decoder={mlp}"])
+    for part in ("encoder", "decoder"):
+        assert in_yaml.model[part] == on_the_command_line.model[part] == {
+            "name": "mlp", "hidden_sizes": [128], "activation": "elu"}
+    # The same component keeps the base's parameters: only the keys given change.
+    (tmp_path / "wider.yaml").write_text(f"base: {REPO / 'configs' / 'mnist_vae.yaml'}\n"
+                                         "model:\n  encoder: {name: conv, hidden_sizes: [600]}\n")
+    base = load_config(REPO / "configs" / "mnist_vae.yaml").model["encoder"]
+    assert load_config(tmp_path / "wider.yaml").model["encoder"] == {**base, "hidden_sizes": [600]}
+
+
+def test_numbers_in_exponent_notation_are_numbers_in_files_and_overrides(tmp_path: Path):
+    (tmp_path / "lr.yaml").write_text(f"base: {REPO / 'configs' / 'mnist_iaf.yaml'}\ntrainer: {{lr: 3e-4}}\n")
+    assert load_config(tmp_path / "lr.yaml").trainer.lr == pytest.approx(3e-4)
+    config = load_config(REPO / "configs" / "mnist_iaf.yaml", ["trainer.lr=2e-3", "trainer.grad_clip=1E+2"])
+    assert (config.trainer.lr, config.trainer.grad_clip) == (pytest.approx(2e-3), 100.0)
+    assert problems(REPO / "configs" / "mnist_iaf.yaml", ["trainer.lr=3e-4x"]) == [
+        "trainer.lr: expected a number > 0, got '3e-4x'"]
+
+
 def test_shipped_family_configs_differ_from_their_base_only_in_flows():
     vae = load_config(REPO / "configs" / "mnist_vae.yaml")
     for name in ("planar", "sylvester", "householder", "radial"):

@@ -57,3 +57,22 @@ def test_the_manual_index_links_every_page():
     linked = set(re.findall(r"\]\(([a-z_]+\.md)(?:#[a-z-]+)?\)", index))
     pages = {p.name for p in (REPO / "docs").glob("*.md")} - {"index.md"}
     assert linked == pages
+
+
+def test_the_readme_config_table_matches_the_configs():
+    """Each row's base and flows are the config's; every config built on the two MNIST models has a row."""
+    from flowzoo.config import base_file, load_config
+
+    text = (REPO / "README.md").read_text()
+    rows = re.findall(r"^\| `(mnist_\w+\.yaml)` \| `(\w+\.yaml)` \| (.*) \|$", text, flags=re.M)
+    assert len(rows) >= 10
+    for config, base, flow in rows:
+        path = REPO / "configs" / config
+        assert base_file(path).name == base, config
+        spec = load_config(path).model["flows"]
+        assert [s["name"] for s in spec] == re.findall(r"`(\w+)`", flow), config
+        count = re.match(r"(\d+) ", flow)
+        assert count is None or [s.get("repeat") for s in spec] == [int(count.group(1))], config
+    built_on_them = {p.name for p in (REPO / "configs").glob("mnist_*.yaml")
+                     if base_file(p) is not None and base_file(p).name in ("mnist_vae.yaml", "mnist_iaf.yaml")}
+    assert {config for config, _, _ in rows} == built_on_them

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import runpy
 import textwrap
 
 import pytest
@@ -11,7 +12,7 @@ from nflows.transforms import Transform
 from flowzoo.flowcheck import check_flow
 from flowzoo.flows import Planar
 from flowzoo.registry import flows, register_flow
-from conftest import run_cli
+from conftest import FIXTURES, run_cli
 
 
 @pytest.fixture
@@ -79,6 +80,19 @@ def test_missing_gradients_and_bad_shapes_are_named(scratch_flows):
     assert "forgotten" in failed(check_flow("unused_parameter"))["finite gradients"]
     report = check_flow("keeps_dims")
     assert [c.name for c in report.checks] == ["output shapes"] and not report.passed
+
+
+def test_a_flow_that_explodes_in_a_vae_fails_the_training_check(scratch_flows):
+    """The example flow docs/plugins.md used to show: exact log-det, NaN from the first batch in a VAE."""
+    runpy.run_path(str(FIXTURES / "sinh_flows.py"))
+    for context_features in (3, 0):
+        report = check_flow({"name": "sinh_shift", "c": 2.0}, context_features=context_features)
+        assert set(failed(report)) == {"trains in a VAE"}
+        assert "loss nan at Adam step 1" in failed(report)["trains in a VAE"]
+        stable = check_flow({"name": "asinh_shift", "c": 2.0}, context_features=context_features)
+        stable.assert_passed()
+        assert "validation −ELBO" in stable.checks[-1].detail
+    assert [check.name for check in check_flow("sinh_shift", train_steps=0).checks][-1] == "save/load"
 
 
 BAD_PLUGIN = '''

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flowzoo.flowcheck import check_flow, jacobians
+from flowzoo.flowcheck import TRAIN_STEPS, check_flow, jacobians
 from flowzoo.flows import GatedIAF, Planar, Radial
 from flowzoo.registry import flows, list_flows
 from flowzoo.vae import build_model
@@ -20,8 +20,10 @@ FEATURES, CONTEXT, BATCH = 5, 3, 4
 @pytest.mark.parametrize("context_features", [CONTEXT, 0], ids=["with_context", "without_context"])
 @pytest.mark.parametrize("name", list_flows())
 def test_flow_contract(name, context_features):
-    """Shapes, log-det vs the autograd Jacobian (float64), gradients, declared triangularity, inverse, save/load."""
-    check_flow(name, features=FEATURES, context_features=context_features).assert_passed()
+    """Shapes, log-det vs the autograd Jacobian (float64), gradients, declared triangularity, inverse, save/load;
+    and, once per flow (the slowest check), that it trains in a small VAE on real data."""
+    check_flow(name, features=FEATURES, context_features=context_features,
+               train_steps=TRAIN_STEPS if context_features else 0).assert_passed()
 
 
 @pytest.mark.parametrize("name", list_flows())

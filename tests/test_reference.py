@@ -10,6 +10,7 @@ import pytest
 
 from conftest import REPO
 from flowzoo.config import EvalConfig, TrainerConfig
+from flowzoo.docstrings import docstring_args, markdown
 from flowzoo.registry import REGISTRIES, flows, register_flow
 
 _spec = importlib.util.spec_from_file_location("config_reference", REPO / "scripts" / "config_reference.py")
@@ -110,13 +111,13 @@ def test_docstring_args():
     Returns:
         something: not an argument.
     """
-    assert config_reference.docstring_args(doc) == {
+    assert docstring_args(doc) == {
         "first": "one line.",
         "second": "two lines.",
         "third": "after a blank line.",
     }
-    assert config_reference.docstring_args(None) == {}
-    assert config_reference.markdown("``x`` of :class:`~flowzoo.vae.VAE`, p(x|z)") == "`x` of `VAE`, p(x\\|z)"
+    assert docstring_args(None) == {}
+    assert markdown("``x`` of :class:`~flowzoo.vae.VAE`, p(x|z)") == "`x` of `VAE`, p(x\\|z)"
 
 
 def test_check_reports_an_out_of_date_file(monkeypatch, tmp_path, capsys, generated):

@@ -212,3 +212,19 @@ def test_report_needs_no_plugin_of_the_runs(runs, tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "subset_data")
     assert main(["report", str(runs["iaf"]["dir"]), "--output", str(tmp_path)]) == 0
     assert "subset_data" not in sys.modules
+
+
+def test_non_finite_validations_are_never_the_best_in_new_and_old_files(runs, tmp_path):
+    """A non-finite −ELBO is null in metrics.jsonl (bare NaN in files written before): both are read, neither is best."""
+    from flowzoo.report import summarize_run
+
+    copy = tmp_path / "plain-then-nan"
+    shutil.copytree(runs["plain"]["dir"], copy)
+    valid = records(copy, "valid")
+    late = {"kind": "valid", "time": time.time(), "step": valid[-1]["step"] + 10, "epoch": valid[-1]["epoch"] + 1}
+    with open(copy / "metrics.jsonl", "a") as file:
+        file.write(json.dumps({**valid[-1], **late, "neg_elbo": float("nan")}) + "\n")  # the old writer: NaN
+        file.write(json.dumps({**valid[-1], **late, "neg_elbo": None}) + "\n")
+    best = min(valid, key=lambda r: r["neg_elbo"])
+    row = summarize_run(copy)
+    assert (row["valid_neg_elbo"], row["best_epoch"]) == (best["neg_elbo"], best["epoch"])

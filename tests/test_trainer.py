@@ -255,3 +255,31 @@ def test_dynamically_binarized_mnist_trains_on_fresh_binary_samples(tmp_path):
     # Raw grey levels 0..255 would cost thousands of nats per image under a Bernoulli likelihood.
     assert len(train) == 5 and all(r["recon"] < 784 * math.log(2) for r in train[1:])
     assert train[-1]["loss"] < train[0]["loss"]
+
+
+def test_a_non_finite_validation_ends_the_run_as_a_training_error_and_keeps_last_pt(tmp_path):
+    config = write_config(tmp_path, data={"poison_valid": [7]}, trainer={"epochs": 2})
+    result = run("train", str(config))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "the validation −ELBO is nan after epoch 1" in result.stderr and "best.pt" not in result.stderr
+    run_dir = the_run(tmp_path)
+    assert not (run_dir / "best.pt").exists()
+    last = load_checkpoint(run_dir / "last.pt")  # the checkpoint before the bad validation: resumable
+    assert finite(last) and last["epoch"] == 0
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+
+    def no_constants(name):
+        raise ValueError(f"{name} is not JSON")
+
+    (valid,) = [r for r in (json.loads(line, parse_constant=no_constants) for line in lines) if r["kind"] == "valid"]
+    assert valid["neg_elbo"] is None and valid["epoch"] == 1
+
+
+def test_records_at_the_same_step_share_one_epoch_number(uninterrupted):
+    by_step = {}
+    for record in records(uninterrupted, "train", "valid"):
+        by_step.setdefault(record["step"], set()).add(record["epoch"])
+    ends = [r["step"] for r in records(uninterrupted, "valid")]
+    assert ends and all(len(by_step[step]) == 1 for step in ends), by_step
+    assert [r["epoch"] for r in records(uninterrupted, "valid")] == [1, 2, 3]
+    assert min(r["epoch"] for r in records(uninterrupted, "train")) == 1
