@@ -59,7 +59,7 @@ class TrainerConfig:
     """The ``trainer`` section."""
 
     epochs: PositiveInt = 100
-    """Passes over the training set."""
+    """Passes over the training set; with early stopping, the most there may be."""
     batch_size: PositiveInt = 100
     """Examples per step, over all processes together when distributed."""
     optimizer: Literal["adam", "adamax"] = "adamax"
@@ -68,6 +68,9 @@ class TrainerConfig:
     """Peak learning rate."""
     weight_decay: NonNegativeFloat = 0.0
     """L2 penalty of the optimizer."""
+    optimizer_eps: PositiveFloat = 1e-8
+    """ε of Adam and Adamax, added to the denominator of every update (PyTorch's default; the
+    Sylvester-flow authors used 1e-7)."""
     lr_schedule: Literal[LR_SCHEDULES] = "constant"  # type: ignore[valid-type]
     """``constant``, or ``cosine``, ``linear`` or ``exponential`` decay to ``lr_final_ratio · lr`` at the last step."""
     lr_warmup_steps: NonNegativeInt = 0
@@ -76,6 +79,16 @@ class TrainerConfig:
     """Learning rate at the last step of a decaying schedule, as a fraction of ``lr``."""
     kl_warmup_steps: NonNegativeInt = 0
     """Steps over which the KL term's weight grows linearly from 0 to 1 (0: no warm-up)."""
+    kl_warmup_epochs: NonNegativeInt = 0
+    """Epochs over which the KL term's weight grows: ``min(epoch / N, 1)`` in every step of epoch
+    ``epoch`` (counted from 1), the Sylvester-flow authors' warm-up (0: none). Set this or
+    ``kl_warmup_steps``, not both."""
+    early_stopping_patience: NonNegativeInt = 0
+    """Epochs in a row without a lower validation −ELBO that a run waits through: it stops after
+    the next one, keeping the best epoch's weights (0: no early stopping)."""
+    early_stopping_start_epoch: PositiveInt = 1
+    """The first epoch (counted from 1) whose lack of improvement counts toward the patience; the
+    Sylvester-flow authors count from the end of their KL warm-up."""
     free_bits: NonNegativeFloat = 0.0
     """Nats of KL per latent group that the loss does not push below (Kingma et al. 2016's λ)."""
     grad_clip: NonNegativeFloat = 0.0
@@ -103,6 +116,13 @@ class TrainerConfig:
     """Images in each epoch's sample and reconstruction grids (0: none)."""
     tensorboard: bool = True
     """Also write scalars and images as TensorBoard events under the run directory."""
+
+    def conflicts(self, path: str) -> list[Problem]:
+        """What is wrong with the values together, each problem at the key to change."""
+        if self.kl_warmup_steps and self.kl_warmup_epochs:
+            return [Problem(_join(path, "kl_warmup_epochs"), "the KL warm-up is given in steps or in epochs, "
+                            f"not both: kl_warmup_steps is {self.kl_warmup_steps}; set one of the two to 0")]
+        return []
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -254,7 +274,8 @@ def _add_section_defaults(node: DictConfig, section: type) -> None:
 def _resolve_section(section: type, value: Any, path: str) -> Resolved:
     """The section's instance and every problem with ``value`` as one: unknown keys (with
     the closest valid key), missing keys, and each field's problems (see
-    :func:`~flowzoo.schema.resolve_value`); nested sections in turn."""
+    :func:`~flowzoo.schema.resolve_value`); nested sections in turn; then, once every value is
+    valid, the section's ``conflicts`` between values (where it has the method)."""
     if not isinstance(value, Mapping):
         return value, [Problem(path, f"expected a mapping, got {show(value)}")]
     fields = {field.name: field for field in dataclasses.fields(section)}
@@ -271,7 +292,10 @@ def _resolve_section(section: type, value: Any, path: str) -> Resolved:
         else:
             resolved[name], found = resolve_value(value[name], hints[name], _join(path, name))
         problems += found
-    return (section(**resolved) if not problems else value), problems
+    if problems:
+        return value, problems
+    resolved_section = section(**resolved)
+    return resolved_section, resolved_section.conflicts(path) if hasattr(section, "conflicts") else []
 
 
 def _join(path: str, key: str) -> str:
