@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from nflows.transforms import CompositeTransform
 from torch import nn
 
@@ -12,7 +13,7 @@ from flowzoo.decoders import GatedConvDecoder
 from flowzoo.encoders import GatedConvEncoder
 from flowzoo.errors import ConfigError
 from flowzoo.flowcheck import check_flow
-from flowzoo.flows import Planar, TriangularSylvester, reverse
+from flowzoo.flows import GatedIAF, Planar, TriangularSylvester, reverse
 from flowzoo.flows.sylvester import bjorck_orthonormal
 from flowzoo.layers import Gated
 from flowzoo.posteriors import SoftplusGaussian
@@ -212,6 +213,88 @@ def test_triangular_steps_with_reversals_between_and_after_are_the_authors_alter
     assert torch.allclose(out, expected, atol=1e-6) and torch.allclose(logabsdet, expected_logabsdet, atol=1e-6)
 
 
+# -- the authors' IAF step -----------------------------------------------------------------
+
+AUTHORS_IAF_STEP = {"context_entry": "added_after_activation", "masks": "blocks", "init": "kaiming_fan_out",
+                    "gate_bias": 1.0}
+
+
+def authors_masks(features: int, hidden: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Their MaskedLinear masks as (outputs, inputs), written from their rule (models/layers.py 91-108):
+    hidden unit j sees inputs <= j // k, unit i of the next hidden layer units <= i, and output i
+    hidden units < k i, with k = hidden / features."""
+    k = hidden // features
+    j, i = torch.arange(hidden), torch.arange(features)
+    first = (i[None, :] <= j[:, None] // k).float()
+    middle = (j[None, :] <= j[:, None]).float()
+    last = (j[None, :] < k * i[:, None]).float()
+    return first, middle, last
+
+
+def test_the_authors_iaf_step_computes_their_step():
+    """Their step, written out from models/flows.py 262-298: h = ELU(W1 z) + h_context, h = ELU(W2 h),
+    gate = sigmoid(W_s h + 1.0) with their fixed 1.0 (flowzoo's learned bias of s starts at it),
+    z' = gate z + (1 - gate) W_m h, log-det sum log gate; their masks; ELU."""
+    torch.manual_seed(0)
+    features, hidden = 4, 12
+    step = GatedIAF(features, context_features=hidden, hidden_features=hidden, hidden_layers=2, **AUTHORS_IAF_STEP)
+    made = step.autoregressive_net
+    first, middle, last = authors_masks(features, hidden)
+    assert torch.equal(made.initial_layer.mask, first)
+    assert torch.equal(made.blocks[0].linear.mask, middle)
+    assert torch.equal(made.final_layer.mask.view(features, 2, hidden)[:, 0], last)  # m's rows
+    assert torch.equal(made.final_layer.mask.view(features, 2, hidden)[:, 1], last)  # s's rows
+    assert not hasattr(made, "context_layer")  # no per-step weights for h
+    z, h_context = torch.randn(6, features), torch.randn(6, hidden)
+    w1, w2 = made.initial_layer, made.blocks[0].linear
+    hidden_units = F.elu(F.linear(z, w1.weight * first, w1.bias)) + h_context
+    hidden_units = F.elu(F.linear(hidden_units, w2.weight * middle, w2.bias))
+    w_out = (made.final_layer.weight * made.final_layer.mask).view(features, 2, hidden)
+    b_out = made.final_layer.bias.view(features, 2)
+    mean = hidden_units @ w_out[:, 0].T + b_out[:, 0]
+    s = hidden_units @ w_out[:, 1].T + (b_out[:, 1] - 1.0)  # their bias of s, next to the fixed 1.0
+    gate = torch.sigmoid(s + 1.0)
+    out, logabsdet = step(z, context=h_context)
+    assert torch.allclose(out, gate * z + (1 - gate) * mean, atol=1e-6)
+    assert torch.allclose(logabsdet, torch.log(gate).sum(-1), atol=1e-5)
+
+
+def test_the_authors_iaf_step_starts_as_their_kaiming_init():
+    """kaiming_normal of weights stored as (in, out): std sqrt(2 / outputs); zero biases but for the
+    gate's 1.0 (flowzoo's bias of s), models/layers.py 75, 86-89."""
+    torch.manual_seed(0)
+    made = GatedIAF(64, context_features=320, hidden_features=320, hidden_layers=2,
+                    **AUTHORS_IAF_STEP).autoregressive_net
+    final = made.final_layer
+    for layer, std in [(made.initial_layer, (2 / 320) ** 0.5), (made.blocks[0].linear, (2 / 320) ** 0.5),
+                       (final, (2 / 64) ** 0.5)]:
+        assert layer.weight.std().item() == pytest.approx(std, rel=0.02)
+        assert layer.weight.mean().item() == pytest.approx(0, abs=0.05 * std)
+    assert (made.initial_layer.bias == 0).all() and (made.blocks[0].linear.bias == 0).all()
+    m_bias, s_bias = final.bias.view(64, 2).unbind(1)
+    assert (m_bias == 0).all() and (s_bias == 1.0).all()
+
+
+@pytest.mark.parametrize("options", [AUTHORS_IAF_STEP, {"context_entry": "added_after_activation"},
+                                     {"masks": "blocks"}, {"init": "kaiming_fan_out"}],
+                         ids=["all", "context_entry", "masks", "init"])
+def test_the_authors_iaf_options_meet_the_flow_contract(options):
+    """Log-det against the autograd Jacobian (float64), lower-triangular Jacobian, inverse, save/load."""
+    context = 10 if "context_entry" in options else 3
+    check_flow({"name": "iaf", "hidden_features": 10, **options}, features=5, context_features=context).assert_passed()
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"context_entry": "added_after_activation", "hidden_features": 8}, r"h has 3 values.*model.context_size"),
+    ({"context_entry": "added_after_activation", "hidden_features": 3, "residual": True}, r"set residual to false"),
+    ({"masks": "blocks", "hidden_features": 7}, r"multiple of 4"),
+])
+def test_the_authors_iaf_options_name_what_to_change(options, message):
+    with pytest.raises(ConfigError, match=message):
+        build_model({"latent_size": 4, "context_size": 3, "encoder": {"name": "mlp"}, "decoder": {"name": "mlp"},
+                     "flows": [{"name": "iaf", **options}]}, data_shape=(1, 28, 28))
+
+
 def test_bjorck_gives_the_orthonormal_polar_factor():
     torch.manual_seed(0)
     a = torch.randn(6, 8, 3, dtype=torch.float64)
@@ -245,15 +328,20 @@ AUTHORS_FLOW_COUNTS = {  # the same on both data sets
     "orthogonal": 616_800,
     "householder": 4_934_400,
     "triangular": 4_408_064,
+    "iaf": 740_672,  # h_context = Linear(256, 320), 82,240, and 4 steps of 164,608
 }
 AUTHORS_TOTALS = {
     ("mnist", "no_flow"): 3_067_105, ("mnist", "planar"): 3_199_717, ("mnist", "orthogonal"): 3_683_905,
     ("mnist", "householder"): 8_001_505, ("mnist", "triangular"): 7_475_169,
     ("freyfaces", "no_flow"): 2_764_480, ("freyfaces", "planar"): 2_897_092, ("freyfaces", "orthogonal"): 3_381_280,
     ("freyfaces", "householder"): 7_698_880, ("freyfaces", "triangular"): 7_172_544,
+    ("mnist", "iaf"): 3_807_777, ("freyfaces", "iaf"): 3_505_152,
 }
 
 AS_THE_AUTHORS = {"init": "pytorch"}
+AUTHORS_IAF = {"name": "iaf", "repeat": 2, "between": "reverse", "hidden_features": 320, "hidden_layers": 2,
+               "context_entry": "added_after_activation", "masks": "blocks", "init": "kaiming_fan_out",
+               "gate_bias": 1.0}
 SNF = {**AS_THE_AUTHORS, "triangles": "shared_square"}
 PAPER_FLOWS = {
     "no_flow": [],
@@ -262,7 +350,10 @@ PAPER_FLOWS = {
                     **SNF}],
     "householder": [{"name": "sylvester_householder", "repeat": 4, "reflections": 8, **SNF}],
     "triangular": [{"name": "sylvester_triangular", "repeat": 4, "between": "reverse", **SNF}, {"name": "reverse"}],
+    # iaf, reverse, iaf, iaf, reverse, iaf: their order is reversed before the 2nd and 4th steps only
+    "iaf": [AUTHORS_IAF, AUTHORS_IAF],
 }
+PAPER_CONTEXT = {"iaf": {"context_size": 320}}  # their one context layer for all IAF steps; the others use h itself
 PAPER_DATA = {  # data shape, and what differs between the authors' binary and 8-bit models
     "mnist": ((1, 28, 28), {}),
     "freyfaces": ((1, 28, 20), {
@@ -277,7 +368,7 @@ def paper_model(data: str, flow: str):
     shape, specifics = PAPER_DATA[data]
     spec = {
         "latent_size": 64,
-        "features_as_context": True,
+        **PAPER_CONTEXT.get(flow, {"features_as_context": True}),
         "encoder": {"name": "gated_conv"},
         "decoder": {"name": "gated_conv"},
         "posterior": {"name": "softplus_gaussian"},
@@ -294,7 +385,7 @@ def test_parameter_counts_equal_the_authors_models(data, flow):
     model = paper_model(data, flow)
     parts = {name: parameter_count(module) for name, module in model.components().items()}
     assert {name: parts[name] for name in AUTHORS_COUNTS[data]} == AUTHORS_COUNTS[data]
-    assert parts["flows"] == AUTHORS_FLOW_COUNTS[flow]
+    assert parts["flows"] + parts.get("context", 0) == AUTHORS_FLOW_COUNTS[flow]  # their flows hold the context
     assert parameter_count(model) == AUTHORS_TOTALS[data, flow]
 
 
