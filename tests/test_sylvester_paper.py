@@ -3,12 +3,18 @@ amortization, and parameter counts equal to those of the authors' released model
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
 from nflows.transforms import CompositeTransform
 from torch import nn
 
+from conftest import REPO
+
+from flowzoo.config import load_config
+from flowzoo.console import parameter_count
 from flowzoo.decoders import GatedConvDecoder
 from flowzoo.encoders import GatedConvEncoder
 from flowzoo.errors import ConfigError
@@ -17,7 +23,7 @@ from flowzoo.flows import GatedIAF, Planar, TriangularSylvester, reverse
 from flowzoo.flows.sylvester import bjorck_orthonormal
 from flowzoo.layers import Gated
 from flowzoo.posteriors import SoftplusGaussian
-from flowzoo.console import parameter_count
+from flowzoo.registry import datasets, models
 from flowzoo.vae import build_model
 
 # -- the gated convolutional encoder and decoder --------------------------------------------
@@ -338,49 +344,29 @@ AUTHORS_TOTALS = {
     ("mnist", "iaf"): 3_807_777, ("freyfaces", "iaf"): 3_505_152,
 }
 
-AS_THE_AUTHORS = {"init": "pytorch"}
-AUTHORS_IAF = {"name": "iaf", "repeat": 2, "between": "reverse", "hidden_features": 320, "hidden_layers": 2,
-               "context_entry": "added_after_activation", "masks": "blocks", "init": "kaiming_fan_out",
-               "gate_bias": 1.0}
-SNF = {**AS_THE_AUTHORS, "triangles": "shared_square"}
-PAPER_FLOWS = {
-    "no_flow": [],
-    "planar": [{"name": "planar", "repeat": 4, **AS_THE_AUTHORS}],
-    "orthogonal": [{"name": "sylvester_orthogonal", "repeat": 4, "num_ortho_vecs": 8, "orthogonalization": "bjorck",
-                    **SNF}],
-    "householder": [{"name": "sylvester_householder", "repeat": 4, "reflections": 8, **SNF}],
-    "triangular": [{"name": "sylvester_triangular", "repeat": 4, "between": "reverse", **SNF}, {"name": "reverse"}],
-    # iaf, reverse, iaf, iaf, reverse, iaf: their order is reversed before the 2nd and 4th steps only
-    "iaf": [AUTHORS_IAF, AUTHORS_IAF],
-}
-PAPER_CONTEXT = {"iaf": {"context_size": 320}}  # their one context layer for all IAF steps; the others use h itself
-PAPER_DATA = {  # data shape, and what differs between the authors' binary and 8-bit models
-    "mnist": ((1, 28, 28), {}),
-    "freyfaces": ((1, 28, 20), {
-        "likelihood": {"name": "categorical"},
-        "decoder": {"name": "gated_conv", "head_channels": 256},
-        "posterior": {"name": "softplus_gaussian", "variance_range": [0.01, 7.0]},
-    }),
-}
+PAPER_CONFIGS = REPO / "configs" / "paper" / "sylvester"
+PAPER_DATA = ["mnist", "freyfaces"]
+PAPER_FLOWS = list(AUTHORS_FLOW_COUNTS)
+
+
+def paper_config(data: str, flow: str, overrides: list[str] = ()):
+    return load_config(PAPER_CONFIGS / f"{data}_{flow}.yaml", overrides)
 
 
 def paper_model(data: str, flow: str):
-    shape, specifics = PAPER_DATA[data]
-    spec = {
-        "latent_size": 64,
-        **PAPER_CONTEXT.get(flow, {"features_as_context": True}),
-        "encoder": {"name": "gated_conv"},
-        "decoder": {"name": "gated_conv"},
-        "posterior": {"name": "softplus_gaussian"},
-        "likelihood": {"name": "bernoulli"},
-        "flows": PAPER_FLOWS[flow],
-        **specifics,
-    }
-    return build_model(spec, data_shape=shape)
+    """The model of a paper config, as ``flowzoo train`` builds it."""
+    config = paper_config(data, flow)
+    shape = datasets.instantiate(config.data, "data").shape
+    return models.instantiate(config.model, "model", data_shape=tuple(shape))
 
 
-@pytest.mark.parametrize("flow", list(PAPER_FLOWS))
-@pytest.mark.parametrize("data", list(PAPER_DATA))
+def test_every_paper_config_is_a_row():
+    rows = {path.stem for path in PAPER_CONFIGS.glob("*.yaml")} - {f"{data}_base" for data in PAPER_DATA}
+    assert rows == {f"{data}_{flow}" for data in PAPER_DATA for flow in PAPER_FLOWS}
+
+
+@pytest.mark.parametrize("flow", PAPER_FLOWS)
+@pytest.mark.parametrize("data", PAPER_DATA)
 def test_parameter_counts_equal_the_authors_models(data, flow):
     model = paper_model(data, flow)
     parts = {name: parameter_count(module) for name, module in model.components().items()}
@@ -389,9 +375,22 @@ def test_parameter_counts_equal_the_authors_models(data, flow):
     assert parameter_count(model) == AUTHORS_TOTALS[data, flow]
 
 
-@pytest.mark.parametrize("flow", list(PAPER_FLOWS))
+@pytest.mark.parametrize("flow", PAPER_FLOWS)
 def test_the_paper_models_give_finite_importance_weights(flow):
     torch.manual_seed(0)
     model = paper_model("mnist", flow)
     terms = model.log_weights(torch.randint(0, 2, (2, 1, 28, 28)).float(), n_samples=3)
     assert all(t.shape[:2] == (3, 2) and torch.isfinite(t).all() for t in terms.values())
+
+
+@pytest.mark.parametrize("path", [PAPER_CONFIGS / f"{data}_{flow}.yaml" for data in PAPER_DATA for flow in PAPER_FLOWS],
+                         ids=lambda path: path.stem)
+def test_each_paper_configs_short_cpu_run_is_a_valid_override(path):
+    """The header's ``flowzoo train`` lines: the config as it is and its documented short override."""
+    text = path.read_text()
+    commands = re.findall(r"^#   flowzoo train (\S+)((?: \S+=\S+)*)(?: \\\n#\s+((?:\S+=\S+ ?)+))?", text, flags=re.M)
+    assert [command[0] for command in commands] == [f"configs/paper/sylvester/{path.name}"] * 2
+    overrides = (commands[1][1] + " " + commands[1][2]).split()
+    short = load_config(path, overrides)
+    assert short.trainer.epochs == 1 and short.eval.iw_samples == 10
+    assert load_config(path).eval.iw_samples == 5000  # the paper's test −log p(x) by default
