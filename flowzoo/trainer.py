@@ -245,7 +245,8 @@ class Trainer:
                          patience=settings.early_stopping_patience)
         self._checkpoint(self.run.last)
         if self.workers.is_main:
-            waiting = (self.stale_epochs, settings.early_stopping_patience) if settings.early_stopping_patience else None
+            patience = settings.early_stopping_patience
+            waiting = (self.stale_epochs, patience) if patience else None
             progress.console.print(epoch_summary(self.epoch, valid, improved, waiting))
             if stopping:
                 progress.console.print(early_stop_summary(self.epoch, self.stale_epochs, self.best_epoch,
