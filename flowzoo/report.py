@@ -519,11 +519,13 @@ PUBLISHED_COLUMNS = (
 
 
 def beside_published(table: PublishedTable, groups: Sequence[Row], names: Sequence[str]) -> tuple[list[Row], list[str]]:
-    """The rows of :data:`PUBLISHED_COLUMNS`: each published row on a data set of the groups, beside
-    each group whose config ``name`` (``names``, one per group) is the row's ``config`` (blank when none
-    is); and the notes: where the values come from, and the groups that no published row names."""
+    """The rows of :data:`PUBLISHED_COLUMNS`: each published row that names the config of a group or is
+    on a data set of the groups, beside each group whose config ``name`` (``names``, one per group) is
+    the row's ``config`` (blank when none is); and the notes: where the values come from, and the
+    groups that no published row names."""
     rows, matched = [], set()
-    for published in (row for row in table.rows if row.data in {group["data"] for group in groups}):
+    shown = {group["data"] for group in groups} | set(names)
+    for published in (row for row in table.rows if row.data in shown or row.config in shown):
         values = {f"published_{metric}": Spread(value.mean, value.std, 1, value.mean, value.mean)
                   for metric, value in published.values.items()}
         base = {"run": published.label, "data": published.data, "source": published.source, **values}

@@ -225,7 +225,8 @@ rows:
   - {label: Plain VAE, config: plain, data: mnist_subset, source: "Table 1, row 1",
      neg_elbo: {mean: 90.5, std: 0.25}, nll: {mean: 85.125}}
   - {label: Nobody's, config: not_run, data: mnist_subset, source: "Table 1, row 2", nll: {mean: 80.0}}
-  - {label: Other data, config: plain, data: cifar10, source: "Table 2, row 1", bpd: {mean: 3.5}}
+  - {label: Other data, config: plain_cifar, data: cifar10, source: "Table 2, row 1", bpd: {mean: 3.5}}
+  - {label: Plain again, config: plain, data: mnist, source: "Table 3, row 1", nll: {mean: 84.0}}
 """
 
 
@@ -244,8 +245,10 @@ def test_published_values_stand_beside_the_runs_of_the_config_they_name(runs, tm
                  "--published", str(tmp_path / "paper.yaml")]) == 0
     (test,) = records(runs["plain"]["dir"], "test")
     table = published_table(output)
-    assert [row["published row"] for row in table] == ["Plain VAE", "Nobody's"]  # only the runs' data set
-    plain, nobody = table
+    # the rows on the runs' data set or naming a run's config
+    assert [row["published row"] for row in table] == ["Plain VAE", "Nobody's", "Plain again"]
+    plain, nobody, again = table
+    assert again["flowzoo group"] == "plain" and again["flowzoo test −ELBO"] == plain["flowzoo test −ELBO"]
     assert plain["published −ELBO"] == "90.50 ± 0.25" and plain["published −log p(x)"] == "85.12"
     assert plain["flowzoo group"] == "plain" and plain["runs"] == "1"
     assert plain["flowzoo test −ELBO"] == f"{test['neg_elbo']:.2f}"
