@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     reporting.add_argument("--output", default=".", metavar="DIR", help="where report.md and report.csv go")
     reporting.add_argument("--sort", metavar="COLUMN", help="order rows by a report.csv column, best first, "
                            "e.g. test_nll_iw")
+    reporting.add_argument("--published", metavar="FILE|NAME", help="set a publication's values beside the runs: "
+                           "a YAML file, or a table shipped with flowzoo (e.g. sylvester2018)")
     fitting = command("toy", "fit flows to 2-D test densities (Rezende & Mohamed 2015) and draw them")
     fitting.add_argument("--targets", nargs="+", default=list(toy.TARGETS), metavar="NAME",
                          help=f"any of {', '.join(toy.TARGETS)}")
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             sample_run(args.run_dir, args.overrides, count=args.count, pairs=args.pairs, steps=args.steps,
                        seed=args.seed, output=args.output)
         elif args.command == "report":
-            report_runs(args.run_dirs, args.output, args.sort)
+            report_runs(args.run_dirs, args.output, args.sort, args.published)
         elif args.command == "toy":
             toy.run_toy(args.targets, args.flows, steps=args.steps, flow_steps=args.flow_steps,
                         batch_size=args.batch_size, seed=args.seed, output=args.output)

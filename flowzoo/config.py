@@ -61,7 +61,7 @@ class TrainerConfig:
     """The ``trainer`` section."""
 
     epochs: PositiveInt = 100
-    """Passes over the training set."""
+    """Passes over the training set; with early stopping, the most there may be."""
     batch_size: PositiveInt = 100
     """Examples per step, over all processes together when distributed."""
     optimizer: Literal["adam", "adamax"] = "adam"
@@ -71,6 +71,9 @@ class TrainerConfig:
     """Peak learning rate; twice plain Adam's usual 1e-3, which the Polyak average makes safe."""
     weight_decay: NonNegativeFloat = 0.0
     """L2 penalty of the optimizer."""
+    optimizer_eps: PositiveFloat = 1e-8
+    """ε of Adam and Adamax, added to the denominator of every update (PyTorch's default; the
+    Sylvester-flow authors used 1e-7)."""
     lr_schedule: Literal[LR_SCHEDULES] = "constant"  # type: ignore[valid-type]
     """``constant``, or ``cosine``, ``linear`` or ``exponential`` decay to ``lr_final_ratio · lr`` at the last step."""
     lr_warmup_steps: NonNegativeInt = 0
@@ -79,6 +82,16 @@ class TrainerConfig:
     """Learning rate at the last step of a decaying schedule, as a fraction of ``lr``."""
     kl_warmup_steps: NonNegativeInt = 0
     """Steps over which the KL term's weight grows linearly from 0 to 1 (0: no warm-up)."""
+    kl_warmup_epochs: NonNegativeInt = 0
+    """Epochs over which the KL term's weight grows: ``min(epoch / N, 1)`` in every step of epoch
+    ``epoch`` (counted from 1), the Sylvester-flow authors' warm-up (0: none). Set this or
+    ``kl_warmup_steps``, not both."""
+    early_stopping_patience: NonNegativeInt = 0
+    """Epochs in a row without a lower validation −ELBO that a run waits through: it stops after
+    the next one, keeping the best epoch's weights (0: no early stopping)."""
+    early_stopping_start_epoch: PositiveInt = 1
+    """The first epoch (counted from 1) whose lack of improvement counts toward the patience; the
+    Sylvester-flow authors count from the end of their KL warm-up."""
     free_bits: NonNegativeFloat = 0.0
     """Nats of KL per latent group that the loss does not push below (Kingma et al. 2016's λ)."""
     grad_clip: NonNegativeFloat = 0.0
@@ -112,10 +125,14 @@ class TrainerConfig:
     """Also write scalars and images as TensorBoard events under the run directory."""
 
     def check(self, path: str) -> list[Problem]:
-        """Problems of keys together (each alone was checked against its type)."""
+        """Problems of keys together (each alone was checked against its type), each at the key to change."""
+        problems = []
+        if self.kl_warmup_steps and self.kl_warmup_epochs:
+            problems.append(Problem(_join(path, "kl_warmup_epochs"), "the KL warm-up is given in steps or in epochs, "
+                                    f"not both: kl_warmup_steps is {self.kl_warmup_steps}; set one of the two to 0"))
         if not self.cuda_graphs:
-            return []
-        key, problems = _join(path, "cuda_graphs"), []
+            return problems
+        key = _join(path, "cuda_graphs")
         if self.device == "cpu" or (self.device == "auto" and not torch.cuda.is_available()):
             problems.append(Problem(key, "CUDA graphs need a CUDA device, and this run would be on the CPU; "
                                          "set trainer.cuda_graphs=false"))
@@ -281,7 +298,8 @@ def _add_section_defaults(node: DictConfig, section: type) -> None:
 def _resolve_section(section: type, value: Any, path: str) -> Resolved:
     """The section's instance and every problem with ``value`` as one: unknown keys (with
     the closest valid key), missing keys, and each field's problems (see
-    :func:`~flowzoo.schema.resolve_value`); nested sections in turn."""
+    :func:`~flowzoo.schema.resolve_value`); nested sections in turn; then, once every value is
+    valid, the section's ``conflicts`` between values (where it has the method)."""
     if not isinstance(value, Mapping):
         return value, [Problem(path, f"expected a mapping, got {show(value)}")]
     fields = {field.name: field for field in dataclasses.fields(section)}

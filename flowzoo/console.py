@@ -11,6 +11,7 @@ __all__ = [
     "EvaluationProgress",
     "training_status",
     "epoch_summary",
+    "early_stop_summary",
     "parameter_count",
     "METRIC_LABELS",
     "BITS_PER_DIM",
@@ -151,9 +152,19 @@ def training_status(means: Mapping[str, float], rate: float) -> str:
             f"KL {means.get('kl', math.nan):.2f}{bits}  {rate:,.0f} img/s")
 
 
-def epoch_summary(epoch: int, valid: Mapping[str, float], best: bool) -> str:
-    """The line printed after each epoch: its validation metrics, marked when the best so far."""
+def epoch_summary(epoch: int, valid: Mapping[str, float], best: bool,
+                  waiting: tuple[int, int] | None = None) -> str:
+    """The line printed after each epoch: its validation metrics, marked when the best so far, and
+    with early stopping the ``(epochs without improvement, patience)`` once any have counted."""
     mark = " [green](best)" if best else ""
     bits = f", {valid['bpd_elbo']:.3f} bits/dim" if "bpd_elbo" in valid else ""
+    wait = f" [dim]no improvement for {waiting[0]}/{waiting[1]} epochs" if waiting and waiting[0] else ""
     return (f"epoch {epoch}: valid −ELBO {valid['neg_elbo']:.2f} "
-            f"(recon {valid['recon']:.2f}, KL {valid['kl']:.2f}{bits}){mark}")
+            f"(recon {valid['recon']:.2f}, KL {valid['kl']:.2f}{bits}){mark}{wait}")
+
+
+def early_stop_summary(epoch: int, stale_epochs: int, best_epoch: int, best_valid: float, start_epoch: int) -> str:
+    """The line printed when early stopping ends a run."""
+    counted = f", counted from epoch {start_epoch}" if start_epoch > 1 else ""
+    return (f"[yellow]early stopping after epoch {epoch}: {stale_epochs} epochs in a row{counted} without a "
+            f"validation −ELBO below {best_valid:.2f}, that of epoch {best_epoch}, whose weights are evaluated")

@@ -14,13 +14,17 @@ gave the autoregressive flows one MADE vocabulary, which renamed
   rename the keys of an old state as it loads it, whichever ``load_state_dict`` call
   reaches it (the model's in ``flowzoo eval``, the trainer's on resume, a user's).
 
+Checkpoints written before the trainer had early stopping (issue 14) hold no
+early-stopping state; :func:`early_stopping_state` reads theirs as nothing counted yet.
+
 A user's own YAML is not upgraded silently: an old name there is an unknown
 parameter whose "did you mean" (:data:`RENAMED_PARAMETERS`) gives the new one.
 """
 
 from __future__ import annotations
 
-__all__ = ["RENAMED_PARAMETERS", "upgrade_config", "saved_config", "rename_keys", "load_old_iaf_states"]
+__all__ = ["RENAMED_PARAMETERS", "upgrade_config", "saved_config", "rename_keys", "load_old_iaf_states",
+           "early_stopping_state"]
 
 import copy
 from pathlib import Path
@@ -134,3 +138,14 @@ def _rename_on_load(module: nn.Module, renamed: Mapping[str, str]) -> None:
 def load_old_iaf_states(module: nn.Module) -> None:
     """Let an IAF step load states saved before issue 13, whose MADE was the submodule ``made``."""
     _rename_on_load(module, {"made": "autoregressive_net"})
+
+
+def early_stopping_state(checkpoint: Mapping[str, Any]) -> dict[str, int]:
+    """A checkpoint's early-stopping state: the best epoch and the epochs after it that count toward the
+    patience; for a checkpoint from before early stopping, none counted and the best epoch unknown (0).
+
+    Example:
+        >>> early_stopping_state({"step": 500})
+        {'best_epoch': 0, 'stale_epochs': 0}
+    """
+    return dict(checkpoint.get("early_stopping", {"best_epoch": 0, "stale_epochs": 0}))

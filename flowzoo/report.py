@@ -11,8 +11,9 @@ Runs whose configs differ only in ``seed`` (and in where and how they report, se
 :data:`NOT_COMPARED`) form a group. When some group has several runs, the report
 leads with one row per group: the mean ± sample standard deviation of each
 measurement over its runs, the number of runs and their seeds, and the best group
-per metric marked (also written to ``report-groups.csv``). docs/report.md defines
-every column.
+per metric marked (also written to ``report-groups.csv``). With ``--published``, a
+table of a publication's values (:mod:`flowzoo.published`) follows, each row beside the
+group of runs of the config it names. docs/report.md defines every column.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ __all__ = [
     "group_runs",
     "aggregate",
     "expand_sweeps",
+    "PUBLISHED_COLUMNS",
+    "beside_published",
     "report_runs",
 ]
 
@@ -53,6 +56,7 @@ from rich.text import Text
 from flowzoo.checkpoint import load_checkpoint
 from flowzoo.console import METRIC_LABELS, console
 from flowzoo.errors import CheckpointError, ConfigError, Problem, did_you_mean
+from flowzoo.published import PublishedTable, load_published
 from flowzoo.registry import models
 from flowzoo.runs import RunDir, flat_config
 
@@ -452,9 +456,11 @@ def _markdown_table(rows: Sequence[Row], columns: Sequence[Column]) -> list[str]
 
 
 def markdown_report(rows: Sequence[Row], run_dirs: Sequence[str | Path], groups: Sequence[Row] = (),
-                    missing: Sequence[str] = ()) -> str:
+                    missing: Sequence[str] = (), published: tuple[str, Sequence[Row], Sequence[str]] | None = None
+                    ) -> str:
     """``report.md``: which runs and when, the table of groups (when given) and of runs with the
-    best per metric in bold, and notes."""
+    best per metric in bold, and notes; then, when given, the table beside a publication's values
+    (its title, rows and notes)."""
     stamp = time.strftime("%Y-%m-%d %H:%M %Z")
     paths = ", ".join(f"`{Path(d).resolve()}`" for d in run_dirs)
     count = f"{len(rows)} run{'s' if len(rows) != 1 else ''}"
@@ -463,7 +469,12 @@ def markdown_report(rows: Sequence[Row], run_dirs: Sequence[str | Path], groups:
     if groups:
         lines += ["## Groups: mean ± standard deviation over seeds", "", *_markdown_table(groups, GROUP_COLUMNS), "",
                   _GROUP_NOTE, "", "## Runs", ""]
-    return "\n".join([*lines, *_markdown_table(rows, COLUMNS), "", *_notes(rows, missing)]) + "\n"
+    lines += [*_markdown_table(rows, COLUMNS), "", *_notes(rows, missing)]
+    if published:
+        title, beside, notes = published
+        lines += ["", f"## Beside the published values: {title}", "", *_markdown_table(beside, PUBLISHED_COLUMNS), "",
+                  *notes]
+    return "\n".join(lines) + "\n"
 
 
 def write_csv(rows: Sequence[Row], path: Path) -> None:
@@ -490,6 +501,62 @@ def _write_groups_csv(groups: Sequence[Row], runs: Sequence[Sequence[str]], path
                             else [spread.mean, "" if spread.std is None else spread.std, spread.n])
             writer.writerow([group["run"], " ".join(names), group["n"], group["seed"], group["model"],
                              group["data"], *numbers])
+
+
+PUBLISHED_COLUMNS = (
+    Column("run", "published row"),
+    Column("data", "data"),
+    Column("source", "source"),
+    Column("published_neg_elbo", f"published {METRIC_LABELS['neg_elbo']}", _NATS, averaged=True),
+    Column("published_nll", "published −log p(x)", _NATS, averaged=True),
+    Column("published_bpd", "published bits/dim", _BITS, averaged=True),
+    Column("group", "flowzoo group"),
+    Column("n", "runs", str),
+    Column("test_neg_elbo", f"flowzoo test {METRIC_LABELS['neg_elbo']}", _NATS, averaged=True),
+    Column("test_nll_iw", f"flowzoo test {METRIC_LABELS['nll_iw']}", _NATS, averaged=True),
+    Column("iw_samples", "K", _COUNT),
+    Column("bpd_iw", "flowzoo bits/dim (IWAE)", _BITS, averaged=True),
+    Column("epochs", "epochs", _COUNT),
+)
+"""The columns of the table beside a publication's values; a group's numbers are its mean ± std."""
+
+
+def beside_published(table: PublishedTable, groups: Sequence[Row], names: Sequence[str]) -> tuple[list[Row], list[str]]:
+    """The rows of :data:`PUBLISHED_COLUMNS`: each published row that names the config of a group or is
+    on a data set of the groups, beside each group whose config ``name`` (``names``, one per group) is
+    the row's ``config`` (blank when none is); and the notes: where the values come from, and the
+    groups that no published row names."""
+    rows, matched = [], set()
+    shown = {group["data"] for group in groups} | set(names)
+    for published in (row for row in table.rows if row.data in shown or row.config in shown):
+        values = {f"published_{metric}": Spread(value.mean, value.std, 1, value.mean, value.mean)
+                  for metric, value in published.values.items()}
+        base = {"run": published.label, "data": published.data, "source": published.source, **values}
+        members = [i for i, name in enumerate(names) if name == published.config]
+        matched.update(members)
+        for i in members or [None]:
+            group = groups[i] if i is not None else {}
+            rows.append({column.key: None for column in PUBLISHED_COLUMNS} | base | {
+                "group": group.get("run"), "n": group.get("n"),
+                **{key: group.get(key) for key in ("test_neg_elbo", "test_nll_iw", "iw_samples", "bpd_iw", "epochs")}})
+    checked = "" if table.checked else " NOT CHECKED against the publication."
+    notes = [f"Published: {table.reference}.{checked} {table.note} ({table.path})"]
+    unnamed = [group["run"] for i, group in enumerate(groups) if i not in matched]
+    if unnamed:
+        notes.append(f"No published row names the config of: {', '.join(unnamed)}.")
+    return rows, notes
+
+
+def _published_console_table(rows: Sequence[Row], notes: Sequence[str], title: str) -> Table:
+    """The table beside the publication with one row per published row, as in the paper."""
+    columns, cells = _cells(rows, PUBLISHED_COLUMNS)
+    table = Table(title=title, title_justify="left", caption="\n".join(notes), caption_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in columns:
+        table.add_column(column.label, justify="right" if column.format else "left", overflow="fold")
+    for row in cells:
+        table.add_row(*(text for text, _ in row))
+    return table
 
 
 def expand_sweeps(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
@@ -520,31 +587,41 @@ def expand_sweeps(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
     return runs, notes
 
 
-def report_runs(run_dirs: Sequence[str | Path], output: str | Path = ".", sort: str | None = None) -> list[Row]:
+def report_runs(run_dirs: Sequence[str | Path], output: str | Path = ".", sort: str | None = None,
+                published: str | Path | None = None) -> list[Row]:
     """Print the table comparing ``run_dirs`` and write ``report.md`` and ``report.csv`` to ``output``
-    (and ``report-groups.csv`` when some runs differ only in their seed).
+    (and ``report-groups.csv`` when some runs differ only in their seed); with ``published``, also
+    the table beside a publication's values, printed and in ``report.md``.
 
     Args:
         run_dirs: run directories or sweep directories, one row per run, in this order unless sorted.
         output: folder for the files (created if missing).
         sort: a column key (a ``report.csv`` header, e.g. ``test_nll_iw``) to order the rows and the
             groups by, best first.
+        published: a published table's YAML file or the name of one shipped with flowzoo
+            (:func:`flowzoo.published.load_published`, e.g. ``sylvester2018``).
 
     Returns:
         The rows of the runs, as :func:`summarize_run` gives them.
 
     Raises:
         CheckpointError: a path is not a readable run directory or sweep directory.
-        ConfigError: ``sort`` is not a column, or a run's config is unreadable.
+        ConfigError: ``sort`` is not a column, ``published`` is not a published table, or a run's
+            config is unreadable.
     """
     if sort is not None:
         _column(sort)  # a typo fails before any run is read
+    table = load_published(published) if published is not None else None
     paths, missing = expand_sweeps(run_dirs)
     rows = [summarize_run(path) for path in paths]
     configs = [_read_config(RunDir(path)) for path in paths]
     grouped = group_runs(configs, rows)
     groups = [aggregate(label, [rows[i] for i in members]) for label, members in grouped]
     names = [[rows[i]["run"] for i in members] for _, members in grouped]
+    beside = None
+    if table is not None:
+        beside = (table.title, *beside_published(table, groups, [configs[members[0]].get("name")
+                                                                 for _, members in grouped]))
     several = any(len(members) > 1 for _, members in grouped)
     if sort is not None:
         rows = sort_rows(rows, sort)
@@ -558,7 +635,9 @@ def report_runs(run_dirs: Sequence[str | Path], output: str | Path = ".", sort: 
                                  notes=[_GROUP_NOTE, *_notes(rows, missing)]))
     else:
         console.print(runs_table(rows, notes=_notes(rows, missing)))
-    (output / "report.md").write_text(markdown_report(rows, paths, groups if several else (), missing))
+    if beside is not None:
+        console.print(_published_console_table(beside[1], beside[2], f"beside the published values: {beside[0]}"))
+    (output / "report.md").write_text(markdown_report(rows, paths, groups if several else (), missing, beside))
     write_csv(rows, output / "report.csv")
     written = [output / "report.md", output / "report.csv"]
     if several:

@@ -1,4 +1,4 @@
-"""Schedules over training steps: the learning rate and the KL warm-up weight."""
+"""Schedules over training steps: the learning rate and the KL warm-up weight (over steps or epochs)."""
 
 from __future__ import annotations
 
@@ -36,15 +36,21 @@ def lr_factor(step: int, total_steps: int, schedule: str, warmup_steps: int = 0,
     raise ValueError(f"unknown schedule '{schedule}'; expected one of {', '.join(LR_SCHEDULES)}")
 
 
-def kl_weight(step: int, warmup_steps: int) -> float:
-    """The weight of the KL term: linear from 0 to 1 over ``warmup_steps`` ("KL annealing").
+def kl_weight(count: int, warmup: int) -> float:
+    """The weight of the KL term: linear from 0 to 1 over ``warmup`` steps or epochs ("KL annealing").
+
+    ``count`` is the step, counted from 1, or, for a warm-up in epochs, the epoch, counted
+    from 1: then every step of an epoch has the same weight, the Sylvester-flow authors' β
+    (0.01 in the first of 100 warm-up epochs, 1 from the 100th on).
 
     References:
         Bowman et al., "Generating Sentences from a Continuous Space", CoNLL 2016;
         Sønderby et al., "Ladder Variational Autoencoders", NeurIPS 2016.
 
     Example:
-        >>> [kl_weight(s, 4) for s in (0, 2, 4, 9)]
+        >>> [kl_weight(n, 4) for n in (0, 2, 4, 9)]
         [0.0, 0.5, 1.0, 1.0]
+        >>> kl_weight(1, 100)
+        0.01
     """
-    return min(1.0, step / warmup_steps) if warmup_steps else 1.0
+    return min(1.0, count / warmup) if warmup else 1.0

@@ -24,9 +24,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from flowzoo import legacy
 from flowzoo.checkpoint import load_checkpoint, save_checkpoint
 from flowzoo.config import EvalConfig, TrainerConfig
-from flowzoo.console import console, epoch_summary, training_progress, training_status
+from flowzoo.console import console, early_stop_summary, epoch_summary, training_progress, training_status
 from flowzoo.distributed import Distributed, resolve_device
 from flowzoo.ema import EMA
 from flowzoo.errors import TrainingError
@@ -42,7 +43,7 @@ _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Trainer:
-    """Minibatch training with validation, checkpoints, resumption and a non-finite guard.
+    """Minibatch training with validation, early stopping, checkpoints, resumption and a non-finite guard.
 
     Args:
         model: see the module docstring for what it must return.
@@ -82,7 +83,8 @@ class Trainer:
                                   workers=workers, on_device=settings.data_on_device, transform=train_transform)
         self.valid_images = splits["valid"]
         self.optimizer = make_optimizer(settings.optimizer, model.parameters(), lr=settings.lr,
-                                        weight_decay=settings.weight_decay)
+                                        weight_decay=settings.weight_decay,
+                                        eps=settings.optimizer_eps)
         self.total_steps = settings.epochs * len(self.loader)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
@@ -104,6 +106,8 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.best_valid = math.inf
+        self.best_epoch = 0
+        self.stale_epochs = 0  # epochs since the best one that count toward early stopping
         self.window: dict[str, Tensor] = {}
         # The guard's state lives on the device and is read every log_every steps (_settle):
         # the flag of this step (the optimizer and the EMA skip on it), the applied steps
@@ -125,7 +129,7 @@ class Trainer:
         self.rollbacks = 0
 
     def fit(self) -> None:
-        """Train until ``trainer.epochs`` epochs are done (continuing a resumed run)."""
+        """Train until ``trainer.epochs`` epochs are done or early stopping ends the run (continuing a resumed run)."""
         settings = self.settings
         if settings.tensorboard and self.workers.is_main:
             self.run.open_tensorboard(purge_step=self.step)
@@ -138,7 +142,7 @@ class Trainer:
         try:
             with training_progress(disable=not self.workers.is_main) as progress:
                 task = progress.add_task("training", total=self.total_steps, completed=self.step, status="")
-                while self.epoch < settings.epochs:
+                while self.epoch < settings.epochs and not self.stopped_early:
                     progress.update(task, description=f"epoch {self.epoch + 1}/{settings.epochs}")
                     self.network.train()
                     started, seen = time.perf_counter(), 0
@@ -165,7 +169,8 @@ class Trainer:
         """One step: the schedules' values into their device tensors, then the device part,
         replayed from a CUDA graph with ``trainer.cuda_graphs`` (for every full batch)."""
         settings = self.settings
-        weight = kl_weight(self.step + 1, settings.kl_warmup_steps)  # step n of the warm-up weighs n / warm-up
+        weight = (kl_weight(self.epoch + 1, settings.kl_warmup_epochs) if settings.kl_warmup_epochs  # per epoch
+                  else kl_weight(self.step + 1, settings.kl_warmup_steps))  # step n of the warm-up weighs n / warm-up
         if weight != self.kl_weight_value:
             self.kl_weight.fill_(weight)
             self.kl_weight_value = weight
@@ -273,6 +278,7 @@ class Trainer:
         return means
 
     def _end_epoch(self, progress) -> None:
+        settings = self.settings
         self.epoch += 1
         self.batch_in_epoch = 0
         valid = self._validate()
@@ -280,13 +286,31 @@ class Trainer:
             self._invalid_validation(valid["neg_elbo"])
         improved = valid["neg_elbo"] < self.best_valid
         if improved:
-            self.best_valid = valid["neg_elbo"]
+            self.best_valid, self.best_epoch, self.stale_epochs = valid["neg_elbo"], self.epoch, 0
+        elif self.epoch >= settings.early_stopping_start_epoch:
+            self.stale_epochs += 1
         self._pictures()
         if improved:
             self._checkpoint(self.run.best)
+        stopping = self.stopped_early
+        if stopping and self.workers.is_main:  # before last.pt, which then holds the record: a resume writes no second
+            self.run.log("early_stop", step=self.step, epoch=self.epoch, best_epoch=self.best_epoch,
+                         best_valid_neg_elbo=self.best_valid, stale_epochs=self.stale_epochs,
+                         patience=settings.early_stopping_patience)
         self._checkpoint(self.run.last)
         if self.workers.is_main:
-            progress.console.print(epoch_summary(self.epoch, valid, improved))
+            patience = settings.early_stopping_patience
+            waiting = (self.stale_epochs, patience) if patience else None
+            progress.console.print(epoch_summary(self.epoch, valid, improved, waiting))
+            if stopping:
+                progress.console.print(early_stop_summary(self.epoch, self.stale_epochs, self.best_epoch,
+                                                          self.best_valid, settings.early_stopping_start_epoch))
+
+    @property
+    def stopped_early(self) -> bool:
+        """More epochs in a row without a better validation −ELBO than ``trainer.early_stopping_patience``."""
+        patience = self.settings.early_stopping_patience
+        return bool(patience) and self.stale_epochs > patience
 
     def _invalid_validation(self, value: float) -> None:
         """End the run: the model gives a non-finite −ELBO on validation images. Neither best.pt nor
@@ -346,6 +370,7 @@ class Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "best_valid": self.best_valid,
+            "early_stopping": {"best_epoch": self.best_epoch, "stale_epochs": self.stale_epochs},
             "window": {"sums": {k: v.cpu() for k, v in self.window.items()}, "steps": int(self.window_steps),
                        "consecutive_bad": int(self.consecutive)},
             "rng": {**self.loader.state_dict(), "ranks": rank_rng or [_rng_state(self.device)]},
@@ -368,6 +393,8 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self.step, self.epoch = state["step"], state["epoch"]
         self.batch_in_epoch, self.best_valid = state["batch_in_epoch"], state["best_valid"]
+        early_stopping = legacy.early_stopping_state(state)
+        self.best_epoch, self.stale_epochs = early_stopping["best_epoch"], early_stopping["stale_epochs"]
         self.window = {k: v.to(self.device) for k, v in state["window"]["sums"].items()}
         self.window_steps.fill_(state["window"]["steps"])
         self.consecutive.fill_(state["window"].get("consecutive_bad", 0))  # absent before the device-side guard

@@ -228,3 +228,75 @@ def test_non_finite_validations_are_never_the_best_in_new_and_old_files(runs, tm
     best = min(valid, key=lambda r: r["neg_elbo"])
     row = summarize_run(copy)
     assert (row["valid_neg_elbo"], row["best_epoch"]) == (best["neg_elbo"], best["epoch"])
+
+
+# -- beside a publication's values: --published --------------------------------------------------
+
+PUBLISHED = """
+title: A test paper
+reference: Someone et al., "A test paper", 2026
+checked: false
+note: Made up for this test.
+rows:
+  - {label: Plain VAE, config: plain, data: mnist_subset, source: "Table 1, row 1",
+     neg_elbo: {mean: 90.5, std: 0.25}, nll: {mean: 85.125}}
+  - {label: Nobody's, config: not_run, data: mnist_subset, source: "Table 1, row 2", nll: {mean: 80.0}}
+  - {label: Other data, config: plain_cifar, data: cifar10, source: "Table 2, row 1", bpd: {mean: 3.5}}
+  - {label: Plain again, config: plain, data: mnist, source: "Table 3, row 1", nll: {mean: 84.0}}
+"""
+
+
+def published_table(output: Path) -> list[dict[str, str]]:
+    """The table under report.md's "Beside the published values" heading, one dict per row."""
+    section = (output / "report.md").read_text().split("## Beside the published values: A test paper\n")[1]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    split = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines]
+    return [dict(zip(split[0], row)) for row in split[2:]]
+
+
+def test_published_values_stand_beside_the_runs_of_the_config_they_name(runs, tmp_path, capsys):
+    (tmp_path / "paper.yaml").write_text(PUBLISHED)
+    output = tmp_path / "out"
+    assert main(["report", str(runs["plain"]["dir"]), str(runs["iaf"]["dir"]), "--output", str(output),
+                 "--published", str(tmp_path / "paper.yaml")]) == 0
+    (test,) = records(runs["plain"]["dir"], "test")
+    table = published_table(output)
+    # the rows on the runs' data set or naming a run's config
+    assert [row["published row"] for row in table] == ["Plain VAE", "Nobody's", "Plain again"]
+    plain, nobody, again = table
+    assert again["flowzoo group"] == "plain" and again["flowzoo test −ELBO"] == plain["flowzoo test −ELBO"]
+    assert plain["published −ELBO"] == "90.50 ± 0.25" and plain["published −log p(x)"] == "85.12"
+    assert plain["flowzoo group"] == "plain" and plain["runs"] == "1"
+    assert plain["flowzoo test −ELBO"] == f"{test['neg_elbo']:.2f}"
+    assert plain["flowzoo test IWAE −log p(x)"] == f"{test['nll_iw']:.2f}" and plain["K"] == "2"
+    assert nobody["flowzoo group"] == "" and nobody["flowzoo test −ELBO"] == ""
+    text = (output / "report.md").read_text()
+    assert "NOT CHECKED against the publication" in text and "Made up for this test." in text
+    assert "No published row names the config of: iaf." in text
+    assert "beside the published values: A test paper" in capsys.readouterr().out
+
+
+def test_a_bad_published_table_is_a_user_error_listing_every_problem(runs, tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text(PUBLISHED.replace("checked: false", "checkd: false")
+                                       .replace("nll: {mean: 80.0}", "nll: 80.0"))
+    status = main(["report", str(runs["plain"]["dir"]), "--output", str(tmp_path), "--published",
+                   str(tmp_path / "bad.yaml")])
+    error = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in error
+    assert "checkd: unknown key 'checkd'. Did you mean 'checked'?" in error
+    assert "checked: expected true or false" in error and "rows[1].nll: expected {mean: NUMBER}" in error
+    assert not (tmp_path / "report.md").exists()
+    assert main(["report", str(runs["plain"]["dir"]), "--published", "sylvester2019"]) == 2
+    assert "Did you mean 'sylvester2018'?" in capsys.readouterr().err
+
+
+def test_the_shipped_sylvester_table_names_the_paper_configs():
+    from flowzoo.config import load_config
+    from flowzoo.published import load_published
+
+    table = load_published("sylvester2018")
+    configs = {load_config(path).name: load_config(path).data["name"]
+               for path in (FIXTURES.parent.parent / "configs" / "paper" / "sylvester").glob("*_*.yaml")
+               if not path.stem.endswith("_base")}
+    assert {row.config: row.data for row in table.rows} == configs  # every row a config, every config a row
+    assert not table.checked and "not checked" in table.note

@@ -3,20 +3,27 @@ amortization, and parameter counts equal to those of the authors' released model
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
+import torch.nn.functional as F
 from nflows.transforms import CompositeTransform
 from torch import nn
 
+from conftest import REPO
+
+from flowzoo.config import load_config
+from flowzoo.console import parameter_count
 from flowzoo.decoders import GatedConvDecoder
 from flowzoo.encoders import GatedConvEncoder
 from flowzoo.errors import ConfigError
 from flowzoo.flowcheck import check_flow
-from flowzoo.flows import Planar, TriangularSylvester, reverse
+from flowzoo.flows import GatedIAF, Planar, TriangularSylvester, reverse
 from flowzoo.flows.sylvester import bjorck_orthonormal
 from flowzoo.layers import Gated
 from flowzoo.posteriors import SoftplusGaussian
-from flowzoo.console import parameter_count
+from flowzoo.registry import datasets, models
 from flowzoo.vae import build_model
 
 # -- the gated convolutional encoder and decoder --------------------------------------------
@@ -212,6 +219,88 @@ def test_triangular_steps_with_reversals_between_and_after_are_the_authors_alter
     assert torch.allclose(out, expected, atol=1e-6) and torch.allclose(logabsdet, expected_logabsdet, atol=1e-6)
 
 
+# -- the authors' IAF step -----------------------------------------------------------------
+
+AUTHORS_IAF_STEP = {"context_entry": "added_after_activation", "masks": "blocks", "init": "kaiming_fan_out",
+                    "gate_bias": 1.0}
+
+
+def authors_masks(features: int, hidden: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Their MaskedLinear masks as (outputs, inputs), written from their rule (models/layers.py 91-108):
+    hidden unit j sees inputs <= j // k, unit i of the next hidden layer units <= i, and output i
+    hidden units < k i, with k = hidden / features."""
+    k = hidden // features
+    j, i = torch.arange(hidden), torch.arange(features)
+    first = (i[None, :] <= j[:, None] // k).float()
+    middle = (j[None, :] <= j[:, None]).float()
+    last = (j[None, :] < k * i[:, None]).float()
+    return first, middle, last
+
+
+def test_the_authors_iaf_step_computes_their_step():
+    """Their step, written out from models/flows.py 262-298: h = ELU(W1 z) + h_context, h = ELU(W2 h),
+    gate = sigmoid(W_s h + 1.0) with their fixed 1.0 (flowzoo's learned bias of s starts at it),
+    z' = gate z + (1 - gate) W_m h, log-det sum log gate; their masks; ELU."""
+    torch.manual_seed(0)
+    features, hidden = 4, 12
+    step = GatedIAF(features, context_features=hidden, hidden_features=hidden, hidden_layers=2, **AUTHORS_IAF_STEP)
+    made = step.autoregressive_net
+    first, middle, last = authors_masks(features, hidden)
+    assert torch.equal(made.initial_layer.mask, first)
+    assert torch.equal(made.blocks[0].linear.mask, middle)
+    assert torch.equal(made.final_layer.mask.view(features, 2, hidden)[:, 0], last)  # m's rows
+    assert torch.equal(made.final_layer.mask.view(features, 2, hidden)[:, 1], last)  # s's rows
+    assert not hasattr(made, "context_layer")  # no per-step weights for h
+    z, h_context = torch.randn(6, features), torch.randn(6, hidden)
+    w1, w2 = made.initial_layer, made.blocks[0].linear
+    hidden_units = F.elu(F.linear(z, w1.weight * first, w1.bias)) + h_context
+    hidden_units = F.elu(F.linear(hidden_units, w2.weight * middle, w2.bias))
+    w_out = (made.final_layer.weight * made.final_layer.mask).view(features, 2, hidden)
+    b_out = made.final_layer.bias.view(features, 2)
+    mean = hidden_units @ w_out[:, 0].T + b_out[:, 0]
+    s = hidden_units @ w_out[:, 1].T + (b_out[:, 1] - 1.0)  # their bias of s, next to the fixed 1.0
+    gate = torch.sigmoid(s + 1.0)
+    out, logabsdet = step(z, context=h_context)
+    assert torch.allclose(out, gate * z + (1 - gate) * mean, atol=1e-6)
+    assert torch.allclose(logabsdet, torch.log(gate).sum(-1), atol=1e-5)
+
+
+def test_the_authors_iaf_step_starts_as_their_kaiming_init():
+    """kaiming_normal of weights stored as (in, out): std sqrt(2 / outputs); zero biases but for the
+    gate's 1.0 (flowzoo's bias of s), models/layers.py 75, 86-89."""
+    torch.manual_seed(0)
+    made = GatedIAF(64, context_features=320, hidden_features=320, hidden_layers=2,
+                    **AUTHORS_IAF_STEP).autoregressive_net
+    final = made.final_layer
+    for layer, std in [(made.initial_layer, (2 / 320) ** 0.5), (made.blocks[0].linear, (2 / 320) ** 0.5),
+                       (final, (2 / 64) ** 0.5)]:
+        assert layer.weight.std().item() == pytest.approx(std, rel=0.02)
+        assert layer.weight.mean().item() == pytest.approx(0, abs=0.05 * std)
+    assert (made.initial_layer.bias == 0).all() and (made.blocks[0].linear.bias == 0).all()
+    m_bias, s_bias = final.bias.view(64, 2).unbind(1)
+    assert (m_bias == 0).all() and (s_bias == 1.0).all()
+
+
+@pytest.mark.parametrize("options", [AUTHORS_IAF_STEP, {"context_entry": "added_after_activation"},
+                                     {"masks": "blocks"}, {"init": "kaiming_fan_out"}],
+                         ids=["all", "context_entry", "masks", "init"])
+def test_the_authors_iaf_options_meet_the_flow_contract(options):
+    """Log-det against the autograd Jacobian (float64), lower-triangular Jacobian, inverse, save/load."""
+    context = 10 if "context_entry" in options else 3
+    check_flow({"name": "iaf", "hidden_features": 10, **options}, features=5, context_features=context).assert_passed()
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"context_entry": "added_after_activation", "hidden_features": 8}, r"h has 3 values.*model.context_size"),
+    ({"context_entry": "added_after_activation", "hidden_features": 3, "residual": True}, r"set residual to false"),
+    ({"masks": "blocks", "hidden_features": 7}, r"multiple of 4"),
+])
+def test_the_authors_iaf_options_name_what_to_change(options, message):
+    with pytest.raises(ConfigError, match=message):
+        build_model({"latent_size": 4, "context_size": 3, "encoder": {"name": "mlp"}, "decoder": {"name": "mlp"},
+                     "flows": [{"name": "iaf", **options}]}, data_shape=(1, 28, 28))
+
+
 def test_bjorck_gives_the_orthonormal_polar_factor():
     torch.manual_seed(0)
     a = torch.randn(6, 8, 3, dtype=torch.float64)
@@ -245,62 +334,63 @@ AUTHORS_FLOW_COUNTS = {  # the same on both data sets
     "orthogonal": 616_800,
     "householder": 4_934_400,
     "triangular": 4_408_064,
+    "iaf": 740_672,  # h_context = Linear(256, 320), 82,240, and 4 steps of 164,608
 }
 AUTHORS_TOTALS = {
     ("mnist", "no_flow"): 3_067_105, ("mnist", "planar"): 3_199_717, ("mnist", "orthogonal"): 3_683_905,
     ("mnist", "householder"): 8_001_505, ("mnist", "triangular"): 7_475_169,
     ("freyfaces", "no_flow"): 2_764_480, ("freyfaces", "planar"): 2_897_092, ("freyfaces", "orthogonal"): 3_381_280,
     ("freyfaces", "householder"): 7_698_880, ("freyfaces", "triangular"): 7_172_544,
+    ("mnist", "iaf"): 3_807_777, ("freyfaces", "iaf"): 3_505_152,
 }
 
-AS_THE_AUTHORS = {"init": "pytorch"}
-SNF = {**AS_THE_AUTHORS, "triangles": "shared_square"}
-PAPER_FLOWS = {
-    "no_flow": [],
-    "planar": [{"name": "planar", "repeat": 4, **AS_THE_AUTHORS}],
-    "orthogonal": [{"name": "sylvester_orthogonal", "repeat": 4, "num_ortho_vecs": 8, "orthogonalization": "bjorck",
-                    **SNF}],
-    "householder": [{"name": "sylvester_householder", "repeat": 4, "reflections": 8, **SNF}],
-    "triangular": [{"name": "sylvester_triangular", "repeat": 4, "between": "reverse", **SNF}, {"name": "reverse"}],
-}
-PAPER_DATA = {  # data shape, and what differs between the authors' binary and 8-bit models
-    "mnist": ((1, 28, 28), {}),
-    "freyfaces": ((1, 28, 20), {
-        "likelihood": {"name": "categorical"},
-        "decoder": {"name": "gated_conv", "head_channels": 256},
-        "posterior": {"name": "softplus_gaussian", "variance_range": [0.01, 7.0]},
-    }),
-}
+PAPER_CONFIGS = REPO / "configs" / "paper" / "sylvester"
+PAPER_DATA = ["mnist", "freyfaces"]
+PAPER_FLOWS = list(AUTHORS_FLOW_COUNTS)
+
+
+def paper_config(data: str, flow: str, overrides: list[str] = ()):
+    return load_config(PAPER_CONFIGS / f"{data}_{flow}.yaml", overrides)
 
 
 def paper_model(data: str, flow: str):
-    shape, specifics = PAPER_DATA[data]
-    spec = {
-        "latent_size": 64,
-        "features_as_context": True,
-        "encoder": {"name": "gated_conv"},
-        "decoder": {"name": "gated_conv"},
-        "posterior": {"name": "softplus_gaussian"},
-        "likelihood": {"name": "bernoulli"},
-        "flows": PAPER_FLOWS[flow],
-        **specifics,
-    }
-    return build_model(spec, data_shape=shape)
+    """The model of a paper config, as ``flowzoo train`` builds it."""
+    config = paper_config(data, flow)
+    shape = datasets.instantiate(config.data, "data").shape
+    return models.instantiate(config.model, "model", data_shape=tuple(shape))
 
 
-@pytest.mark.parametrize("flow", list(PAPER_FLOWS))
-@pytest.mark.parametrize("data", list(PAPER_DATA))
+def test_every_paper_config_is_a_row():
+    rows = {path.stem for path in PAPER_CONFIGS.glob("*.yaml")} - {f"{data}_base" for data in PAPER_DATA}
+    assert rows == {f"{data}_{flow}" for data in PAPER_DATA for flow in PAPER_FLOWS}
+
+
+@pytest.mark.parametrize("flow", PAPER_FLOWS)
+@pytest.mark.parametrize("data", PAPER_DATA)
 def test_parameter_counts_equal_the_authors_models(data, flow):
     model = paper_model(data, flow)
     parts = {name: parameter_count(module) for name, module in model.components().items()}
     assert {name: parts[name] for name in AUTHORS_COUNTS[data]} == AUTHORS_COUNTS[data]
-    assert parts["flows"] == AUTHORS_FLOW_COUNTS[flow]
+    assert parts["flows"] + parts.get("context", 0) == AUTHORS_FLOW_COUNTS[flow]  # their flows hold the context
     assert parameter_count(model) == AUTHORS_TOTALS[data, flow]
 
 
-@pytest.mark.parametrize("flow", list(PAPER_FLOWS))
+@pytest.mark.parametrize("flow", PAPER_FLOWS)
 def test_the_paper_models_give_finite_importance_weights(flow):
     torch.manual_seed(0)
     model = paper_model("mnist", flow)
     terms = model.log_weights(torch.randint(0, 2, (2, 1, 28, 28)).float(), n_samples=3)
     assert all(t.shape[:2] == (3, 2) and torch.isfinite(t).all() for t in terms.values())
+
+
+@pytest.mark.parametrize("path", [PAPER_CONFIGS / f"{data}_{flow}.yaml" for data in PAPER_DATA for flow in PAPER_FLOWS],
+                         ids=lambda path: path.stem)
+def test_each_paper_configs_short_cpu_run_is_a_valid_override(path):
+    """The header's ``flowzoo train`` lines: the config as it is and its documented short override."""
+    text = path.read_text()
+    commands = re.findall(r"^#   flowzoo train (\S+)((?: \S+=\S+)*)(?: \\\n#\s+((?:\S+=\S+ ?)+))?", text, flags=re.M)
+    assert [command[0] for command in commands] == [f"configs/paper/sylvester/{path.name}"] * 2
+    overrides = (commands[1][1] + " " + commands[1][2]).split()
+    short = load_config(path, overrides)
+    assert short.trainer.epochs == 1 and short.eval.iw_samples == 10
+    assert load_config(path).eval.iw_samples == 5000  # the paper's test −log p(x) by default

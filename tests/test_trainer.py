@@ -199,8 +199,8 @@ def test_two_processes_with_gloo_match_one_process_on_the_same_global_batch(unin
 
 
 def test_run_directory_has_pictures_tensorboard_and_schedules(tmp_path, monkeypatch):
-    trainer = {"lr_schedule": "cosine", "lr_warmup_steps": 20, "kl_warmup_steps": 100, "ema_decay": 0.99,
-               "epochs": 2}
+    trainer = {"lr": 1e-3, "lr_schedule": "cosine", "lr_warmup_steps": 20, "kl_warmup_steps": 100,
+               "ema_decay": 0.99, "epochs": 2}
     result = run("train", str(write_config(tmp_path, trainer=trainer)))
     assert result.returncode == 0, result.stderr
     run_dir = the_run(tmp_path)

@@ -5,7 +5,9 @@ describes its MADE with the same four parameters, turned into nflows' arguments 
 :func:`made_arguments`: ``hidden_features`` units per hidden layer, ``hidden_layers``
 hidden layers counting the first (where the context h enters), ``residual`` to make
 every later one a residual block (two masked layers and a skip, h added in each), and
-the ``activation``.
+the ``activation``. :func:`made` builds the network from them, with the two ways of the
+Sylvester-flow authors' IAF as options: h added as it is after the first activation
+(:data:`ContextEntry`), and their masks (:data:`MadeMasks`).
 
 In nflows' convention ``forward`` is the direction computed in one MADE pass. A
 posterior flow only runs forward (z0 → zT), so these act as inverse autoregressive
@@ -15,15 +17,19 @@ flows here: sampling and log q(zT|x) both cost one pass, and ``inverse`` costs
 
 from __future__ import annotations
 
-__all__ = ["made_arguments", "masked_affine_autoregressive", "rq_spline_autoregressive"]
+__all__ = ["ContextEntry", "MadeMasks", "made_arguments", "made", "use_block_masks", "masked_affine_autoregressive",
+           "rq_spline_autoregressive"]
 
-from typing import Any
+from typing import Any, Literal
 
+import torch
 from nflows.transforms import (
     MaskedAffineAutoregressiveTransform,
     MaskedPiecewiseRationalQuadraticAutoregressiveTransform,
     Transform,
 )
+from nflows.transforms.made import MADE, MaskedLinear
+from torch import Tensor
 
 from flowzoo import layers
 from flowzoo.layers import Activation
@@ -55,6 +61,88 @@ def made_arguments(
         "use_residual_blocks": residual,
         "activation": layers.activation(activation),
     }
+
+
+ContextEntry = Literal["projected", "added_after_activation"]
+"""How the context h enters a MADE's first hidden layer: ``projected``, through a linear map
+of the step's own, added before the activation, ``act(W z + act(V h))`` (nflows); or
+``added_after_activation``, as it is, ``act(W z) + h``, so h must have ``hidden_features``
+values and the step has no weights for it (the Sylvester-flow authors' IAF, whose h comes
+from one context layer that all steps share: ``model.context_size``)."""
+
+MadeMasks = Literal["cyclic", "blocks"]
+"""The MADE's connectivity. ``cyclic``: nflows' degrees, hidden unit j sees ``z_1 … z_d`` with
+``d = j mod (D − 1) + 1``, and a unit sees every unit of the layer below of a degree not
+above its own. ``blocks``: the Sylvester-flow authors' ``MaskedLinear``, the hidden units in
+D consecutive blocks of ``hidden_features / D``, block i seeing ``z_1 … z_i``, and in the
+later hidden layers unit j seeing units ``1 … j`` of the layer below (a subset of what its
+degree allows). Either way the outputs of latent i see only ``z_{<i}``."""
+
+
+class _ContextAfterActivationMADE(MADE):
+    """nflows' MADE (plain blocks) with h added after the first hidden layer's activation, no weights for it."""
+
+    def forward(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
+        hidden = self.activation(self.initial_layer(inputs))
+        if context is not None:
+            hidden = hidden + context
+        for block in self.blocks:
+            hidden = block(hidden)
+        return self.final_layer(hidden)
+
+
+def made(
+    features: int, context_features: int, hidden_features: int, hidden_layers: int, residual: bool,
+    activation: Activation, *, output_multiplier: int = 1, context_entry: ContextEntry = "projected",
+    masks: MadeMasks = "cyclic",
+) -> MADE:
+    """The MADE of an autoregressive flow step: nflows' ``MADE`` from :func:`made_arguments`,
+    its context entering as ``context_entry`` says, with ``masks``.
+
+    Raises:
+        ValueError: h added after the activation with a residual MADE (whose blocks start with
+            an activation of their own) or with a size other than ``hidden_features``; block
+            masks with ``hidden_features`` not a multiple of ``features``.
+
+    Example:
+        >>> network = made(4, 8, 8, hidden_layers=2, residual=False, activation="elu",
+        ...                context_entry="added_after_activation", masks="blocks")
+        >>> network(torch.randn(5, 4), context=torch.randn(5, 8)).shape, hasattr(network, "context_layer")
+        (torch.Size([5, 4]), False)
+    """
+    arguments = {**made_arguments(features, context_features, hidden_features, hidden_layers, residual, activation),
+                 "output_multiplier": output_multiplier}
+    if context_entry == "projected":
+        network = MADE(**arguments)
+    else:
+        if residual:
+            raise ValueError("context_entry 'added_after_activation' adds h to a plain first hidden layer; a residual "
+                             "MADE's blocks start with an activation of their own: set residual to false")
+        if context_features not in (0, hidden_features):
+            raise ValueError(f"context_entry 'added_after_activation' adds h to the {hidden_features} hidden units, "
+                             f"but h has {context_features} values: make them equal (model.context_size)")
+        network = _ContextAfterActivationMADE(**{**arguments, "context_features": None})
+    if masks == "blocks":
+        use_block_masks(network, features)
+    return network
+
+
+@torch.no_grad()
+def use_block_masks(network: MADE, features: int) -> None:
+    """Give a built nflows MADE the Sylvester-flow authors' masks (:data:`MadeMasks`), in place."""
+    hidden = network.initial_layer.out_features
+    if hidden % features:
+        raise ValueError(f"masks 'blocks' split the {hidden} hidden units into {features} equal blocks, one per "
+                         f"latent: hidden_features must be a multiple of {features}")
+    degrees = torch.arange(hidden) // (hidden // features) + 1  # block i (from 1) sees z_1 … z_i
+    layers = [layer for layer in network.blocks.modules() if isinstance(layer, MaskedLinear)]
+    network.initial_layer.mask.copy_(degrees[:, None] >= torch.arange(1, features + 1))
+    for layer in [network.initial_layer, *layers]:
+        layer.degrees.copy_(degrees)
+    for layer in layers:
+        layer.mask.copy_(torch.ones(hidden, hidden).tril())  # unit j sees units 1 … j of the layer below
+    final = network.final_layer
+    final.mask.copy_(final.degrees[:, None] > degrees)  # the outputs of latent i: blocks < i
 
 
 @register_flow("masked_affine_autoregressive", triangular="lower")

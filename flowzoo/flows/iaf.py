@@ -9,16 +9,20 @@ single MADE pass forwards and the ``features`` sequential passes of the inverse.
 
 from __future__ import annotations
 
-__all__ = ["GatedIAF", "ResidualGatedIAF", "AffineIAF", "gated_update", "start_near_identity"]
+__all__ = ["GatedIAF", "ResidualGatedIAF", "AffineIAF", "IAFInit", "gated_update", "start_near_identity",
+           "kaiming_fan_out"]
+
+import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from nflows.transforms.autoregressive import AutoregressiveTransform
-from nflows.transforms.made import MADE
+from nflows.transforms.made import MADE, MaskedLinear
 from torch import Tensor, nn
 
 from flowzoo import legacy
-from flowzoo.flows.autoregressive import made_arguments
+from flowzoo.flows.autoregressive import ContextEntry, MadeMasks, made
 from flowzoo.layers import Activation
 from flowzoo.registry import register_flow
 from flowzoo.schema import PositiveFloat, PositiveInt
@@ -39,14 +43,39 @@ def start_near_identity(weight: Tensor, m_bias: Tensor, s_bias: Tensor, gate_bia
     s_bias.fill_(gate_bias)
 
 
+IAFInit = Literal["near_identity", "kaiming_fan_out"]
+"""How a gated step's MADE starts: ``near_identity``, nflows' initialisation with the output
+layer's weights in ±10⁻³ (:func:`start_near_identity`); or ``kaiming_fan_out``, the
+Sylvester-flow authors' (:func:`kaiming_fan_out`). Either way the bias of m starts at 0 and
+that of s at ``gate_bias``."""
+
+
+@torch.no_grad()
+def kaiming_fan_out(network: MADE, features: int) -> None:
+    """Start every masked layer of ``network`` as the Sylvester-flow authors' ``MaskedLinear``: weights
+    normal with standard deviation √(2 / outputs), biases 0.
+
+    Their layers store the weight as (inputs, outputs), so PyTorch's ``kaiming_normal`` takes
+    the outputs for the fan-in: √(2/320) in the hidden layers of a 320-unit MADE and √(2/64)
+    in the output layers of m and s, which are one layer of 2 × 64 outputs here.
+    """
+    for layer in network.modules():
+        if isinstance(layer, MaskedLinear):
+            outputs = features if layer is network.final_layer else layer.out_features
+            nn.init.normal_(layer.weight, std=math.sqrt(2 / outputs))
+            nn.init.zeros_(layer.bias)
+
+
 class _TwoOutputMADE(AutoregressiveTransform):
     """An autoregressive step whose MADE gives two numbers per latent, paired by :meth:`_pair`."""
 
     def __init__(self, features: int, context_features: int, hidden_features: int, hidden_layers: int,
-                 residual: bool, activation: Activation):
+                 residual: bool, activation: Activation, context_entry: ContextEntry = "projected",
+                 masks: MadeMasks = "cyclic"):
         self.features = features
-        arguments = made_arguments(features, context_features, hidden_features, hidden_layers, residual, activation)
-        super().__init__(MADE(**arguments, output_multiplier=self._output_dim_multiplier()))
+        super().__init__(made(features, context_features, hidden_features, hidden_layers, residual, activation,
+                              output_multiplier=self._output_dim_multiplier(), context_entry=context_entry,
+                              masks=masks))
         legacy.load_old_iaf_states(self)
 
     def _output_dim_multiplier(self) -> int:
@@ -72,6 +101,11 @@ class GatedIAF(_TwoOutputMADE):
     layer. The gate's bias starts at ``gate_bias`` so that ``σ`` starts near 1 and the
     step starts close to the identity, which keeps deep stacks free of NaNs.
 
+    The Sylvester-flow authors' IAF step is this one with ``context_entry:
+    added_after_activation``, ``masks: blocks``, ``init: kaiming_fan_out`` and ``gate_bias:
+    1.0``: their ``sigmoid(s + 1)`` with a fixed 1 and a learned bias of s starting at 0 is
+    this gate with a learned bias starting at 1 (the same gradients, the same updates).
+
     Args:
         features: size of z (set by the model).
         context_features: size of the context h, 0 for none (set by the model).
@@ -81,11 +115,18 @@ class GatedIAF(_TwoOutputMADE):
             layers and a skip, h added in each).
         activation: MADE nonlinearity.
         gate_bias: initial bias of ``s``; ``sigmoid(2) ≈ 0.88``.
+        context_entry: how h enters the first hidden layer (see
+            :data:`~flowzoo.flows.autoregressive.ContextEntry`).
+        masks: the MADE's connectivity (see :data:`~flowzoo.flows.autoregressive.MadeMasks`).
+        init: how the MADE starts (see :data:`IAFInit`).
 
     References:
         Kingma et al., "Improving Variational Inference with Inverse Autoregressive
         Flow", NeurIPS 2016, equations 11–14.
         Germain et al., "MADE: Masked Autoencoder for Distribution Estimation", ICML 2015.
+        van den Berg et al., "Sylvester Normalizing Flows for Variational Inference",
+        UAI 2018, and its released code (riannevdberg/sylvester-flows, ``models/flows.py``
+        ``IAF``, ``models/layers.py`` ``MaskedLinear``).
 
     Example:
         >>> flow = GatedIAF(features=4, context_features=3, hidden_features=16)
@@ -106,11 +147,20 @@ class GatedIAF(_TwoOutputMADE):
         residual: bool = False,
         activation: Activation = "elu",
         gate_bias: float = 2.0,
+        context_entry: ContextEntry = "projected",
+        masks: MadeMasks = "cyclic",
+        init: IAFInit = "near_identity",
     ):
-        super().__init__(features, context_features, hidden_features, hidden_layers, residual, activation)
+        super().__init__(features, context_features, hidden_features, hidden_layers, residual, activation,
+                         context_entry, masks)
         final = self.autoregressive_net.final_layer
         m_bias, s_bias = final.bias.view(features, 2).unbind(1)
-        start_near_identity(final.weight, m_bias, s_bias, gate_bias)
+        if init == "near_identity":
+            start_near_identity(final.weight, m_bias, s_bias, gate_bias)
+        else:
+            kaiming_fan_out(self.autoregressive_net, features)
+            with torch.no_grad():
+                s_bias.fill_(gate_bias)
 
     def _elementwise_forward(self, inputs: Tensor, autoregressive_params: Tensor) -> tuple[Tensor, Tensor]:
         z, log_sigma = gated_update(inputs, *self._pair(autoregressive_params))
