@@ -215,7 +215,7 @@ def test_report_needs_no_plugin_of_the_runs(runs, tmp_path, monkeypatch):
 
 
 def test_non_finite_validations_are_never_the_best_in_new_and_old_files(runs, tmp_path):
-    """A non-finite −ELBO is null in metrics.jsonl (bare NaN in files written before): both are read, neither is best."""
+    """A non-finite −ELBO is null in metrics.jsonl (bare NaN in files written before): both read, neither best."""
     from flowzoo.report import summarize_run
 
     copy = tmp_path / "plain-then-nan"
