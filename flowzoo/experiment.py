@@ -16,7 +16,7 @@ from flowzoo.checkpoint import RESUME_ENTRIES, evaluation_weights, load_checkpoi
 from flowzoo.config import EvalConfig, ExperimentConfig, load_config
 from flowzoo.console import config_panel, console, parameter_table, results_table
 from flowzoo.distributed import Distributed, resolve_device, setup_distributed
-from flowzoo.errors import CheckpointError, ConfigError, Problem
+from flowzoo.errors import CheckpointError, ConfigError, DataError, Problem
 from flowzoo.evaluation import evaluate, evaluation_settings
 from flowzoo.images import image_grid, save_png
 from flowzoo.legacy import saved_config, upgrade_config
@@ -181,6 +181,10 @@ def _fit_as(workers: Distributed, config: ExperimentConfig, run: RunDir | None,
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     dataset, model = _build(config)
     splits = {split: dataset.load(split) for split in ("train", "valid", "test")}
+    empty = sorted({"train", "valid", config.eval.split} - {split for split, images in splits.items() if len(images)})
+    if empty:
+        raise DataError(f"data: the {' and '.join(empty)} split of {config.data['name']} holds no images; "
+                        "training needs images in train and valid, and in the split eval.split names")
     torch.manual_seed(config.seed + workers.rank)  # each rank its own sampling noise
     if run is None:
         path = RunDir.create(config.output_dir, config.name, plain).path if workers.is_main else None

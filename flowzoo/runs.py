@@ -130,8 +130,6 @@ def check_new_run(output_dir: str | Path, name: str) -> None:
     or loaded; raises :class:`CheckpointError` naming the problem."""
     if "\0" in str(output_dir) or "\0" in name:
         raise CheckpointError(f"name and output_dir may not hold NUL characters: {name!r} in {str(output_dir)!r}")
-    if "/" in name or name in (".", "..") or not name.strip():
-        raise CheckpointError(f"name {name!r} must be usable as a directory name (no '/', not empty)")
     if len(name.encode()) > NAME_BYTES:
         raise CheckpointError(f"name is {len(name.encode())} bytes long; run directory names allow at most "
                               f"{NAME_BYTES} (the file system's limit, less the timestamp)")
@@ -293,10 +291,12 @@ class RunDir:
 
     @classmethod
     def open(cls, path: str | Path) -> "RunDir":
-        """An existing run directory; raises :class:`CheckpointError` if it is not one."""
+        """An existing run directory; raises :class:`CheckpointError` if it is not one, or if
+        it holds links to files outside it."""
         run = cls(path)
         if not run.config_file.is_file():
             raise CheckpointError(f"{run.path} is not a flowzoo run directory (no config.yaml in it)")
+        check_links(run.path)
         return run
 
     def write_config(self, config: Mapping[str, Any]) -> None:
