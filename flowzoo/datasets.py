@@ -34,7 +34,6 @@ __all__ = [
     "decompress",
 ]
 
-import gzip
 import hashlib
 import io
 import lzma
@@ -161,6 +160,7 @@ def decompress(data: bytes, compressor: str, source: str) -> bytes:
     bytes; raises :class:`DataError` for a file that expands to more.
 
     Example:
+        >>> import gzip
         >>> decompress(gzip.compress(b"flowzoo"), "gzip", "a file")
         b'flowzoo'
     """

@@ -180,7 +180,8 @@ def test_disable_plugins_that_is_not_a_boolean_is_a_clear_error():
 def test_a_link_out_of_the_run_is_refused(capsys, run_dir, outside, command, entry):
     (run_dir / entry).unlink(missing_ok=True)
     (run_dir / entry).symlink_to(outside)
-    status, output = flowzoo(capsys, command, str(run_dir), "trainer.epochs=3" if command == "resume" else "eval.iw_samples=2")
+    override = "trainer.epochs=3" if command == "resume" else "eval.iw_samples=2"
+    status, output = flowzoo(capsys, command, str(run_dir), override)
     assert status == 2
     assert f"{run_dir / entry} is a link to {outside}, outside the run directory" in output
 
@@ -218,7 +219,10 @@ def holder(run_dir):
     process.wait()
 
 
-@pytest.mark.parametrize("command", [["resume", "trainer.epochs=3"], ["eval"], ["sample", "--count", "2", "--pairs", "1"]])
+SAMPLE = ["sample", "--count", "2", "--pairs", "1"]
+
+
+@pytest.mark.parametrize("command", [["resume", "trainer.epochs=3"], ["eval"], SAMPLE])
 def test_a_run_locked_by_another_process_is_a_clear_error_naming_it(capsys, run_dir, holder, command):
     before = snapshot(run_dir)
     status, output = flowzoo(capsys, command[0], str(run_dir), *command[1:])
