@@ -10,9 +10,12 @@ __all__ = ["main", "build_parser"]
 
 import argparse
 import dataclasses
+import math
+import os
 import shlex
 import sys
 
+import torch
 import yaml
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
@@ -162,12 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
     checking.add_argument("--context-features", type=int, default=3, help="size of the context h, 0 for none")
     checking.add_argument("--batch-size", type=int, default=4, help="number of random inputs")
     checking.add_argument("--seed", type=int, default=0, help="seeds the flow's parameters and the inputs")
-    checking.add_argument("--tolerance", type=float, default=1e-6, help="largest accepted absolute error")
+    checking.add_argument("--tolerance", type=_tolerance, default=1e-6, help="largest accepted absolute error")
     checking.add_argument("--train-steps", type=int, default=TRAIN_STEPS, metavar="N",
                           help="Adam steps of the training check (0: skip it)")
-    for parser_ in (listing, checking):
+    for parser_ in (listing, checking, resuming, evaluation, sampling):
         parser_.add_argument("--import", dest="modules", action="append", default=[], metavar="MODULE",
                              help="import a local module that registers components first (repeatable)")
+    for parser_ in (resuming, evaluation, sampling):
+        parser_.add_argument("--trust-plugins", action="store_true",
+                             help="import the modules the run's config lists under plugins: from the working "
+                                  "directory too (installed ones are always imported); only for runs you trust")
     return parser
 
 
@@ -185,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parse(build_parser(), argv)
     try:
+        problems = import_modules(getattr(args, "modules", []), path="--import")
+        if problems:
+            raise ConfigError(problems)
         if args.command == "train":
             try:
                 train(args.config, args.overrides, resume=args.resume, run_dir=args.run_dir)
@@ -197,30 +207,37 @@ def main(argv: list[str] | None = None) -> int:
             return run_sweep(args.items, seeds=args.seeds, grid_file=args.grid, output=args.output,
                              executor=_executor_options(args), dry_run=args.dry_run, command=command)
         elif args.command == "resume":
-            resume(args.run_dir, args.overrides)
+            resume(args.run_dir, args.overrides, args.trust_plugins)
         elif args.command == "eval":
-            evaluate_run(args.run_dir, args.overrides)
+            evaluate_run(args.run_dir, args.overrides, args.trust_plugins)
         elif args.command == "sample":
             sample_run(args.run_dir, args.overrides, count=args.count, pairs=args.pairs, steps=args.steps,
-                       seed=args.seed, output=args.output)
+                       seed=args.seed, output=args.output, trust_plugins=args.trust_plugins)
         elif args.command == "report":
             report_runs(args.run_dirs, args.output, args.sort, args.published)
         elif args.command == "toy":
             toy.run_toy(args.targets, args.flows, steps=args.steps, flow_steps=args.flow_steps,
                         batch_size=args.batch_size, seed=args.seed, output=args.output)
+        elif args.command == "list":
+            console.print(_components(args.kind, args.pattern))
         else:
-            problems = import_modules(args.modules, path="--import")
-            if problems:
-                raise ConfigError(problems)
-            if args.command == "list":
-                console.print(_components(args.kind, args.pattern))
-            else:
-                return _check_flow(args)
+            return _check_flow(args)
     except TrainingError as error:
         _print_error(str(error))
         return FAILED
     except FlowzooError as error:
         _print_error(str(error))
+        return USER_ERROR
+    except (MemoryError, RuntimeError) as error:  # torch.OutOfMemoryError is a RuntimeError
+        if not isinstance(error, MemoryError) and not _out_of_memory(error):
+            raise
+        _print_error(f"out of memory: {_first_line(error)}. The config asks for more memory than this machine "
+                     "has: make the model (hidden sizes, flow steps) or trainer.batch_size smaller")
+        return USER_ERROR
+    except OSError as error:
+        if error.filename is None:  # not about a file the user named: a bug to report, with its traceback
+            raise
+        _print_error(f"{error.filename}: {error.strerror or error}")
         return USER_ERROR
     except KeyboardInterrupt as interrupt:
         Console(stderr=True).print(f"interrupted{_after_interrupt(args.command, interrupt)}", highlight=False,
@@ -281,7 +298,28 @@ def _executor_options(args: argparse.Namespace) -> LocalOptions | SlurmOptions:
 
 
 def _print_error(message: str) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    """Print ``message`` as it is: a Text object is neither markup nor emoji codes (``:x:`` in a path)."""
+    Console(stderr=True).print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
+
+
+def _out_of_memory(error: RuntimeError) -> bool:
+    """Whether torch failed to allocate (CPU: "can't allocate memory"; CUDA: OutOfMemoryError)."""
+    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
+def _tolerance(text: str) -> float:
+    """``--tolerance``: a finite number ≥ 0 (NaN would fail every comparison, so every check)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number ≥ 0, got {text!r}")
+    return value
 
 
 def _check_flow(args: argparse.Namespace) -> int:
@@ -372,4 +410,6 @@ def _lines(text: str) -> str:
 
 
 if __name__ == "__main__":
+    if not sys.flags.safe_path and sys.path and sys.path[0] == os.getcwd():
+        del sys.path[0]  # `python -m` put the working directory first: its files must not shadow modules
     sys.exit(main())

@@ -265,6 +265,9 @@ def load_config(source: str | Path | Mapping[str, Any] | ExperimentConfig,
     label = str(source) if isinstance(source, (str, Path)) else None
     raw = _read(source, label)
     problems = _apply_overrides(raw, overrides)
+    problems += [Problem(key, "may not read environment variables (${oc.env:...}): the run directory's path "
+                         "would carry their values into logs and reports; write the value itself")
+                 for key in RUN_PATH_KEYS if _reads_environment(raw, key)]
     _add_section_defaults(raw, ExperimentConfig)
     plain = _interpolated(raw, "", _all_keys(raw), problems)
     # Plugins first: the components they register are resolved like the rest.
@@ -275,6 +278,22 @@ def load_config(source: str | Path | Mapping[str, Any] | ExperimentConfig,
     if problems:
         raise ConfigError(problems, label)
     return config
+
+
+RUN_PATH_KEYS = ("name", "output_dir")
+"""The keys that make up a run directory's path."""
+
+_REFERENCE = re.compile(r"\$\{([\w.\[\]-]+)\}")
+
+
+def _reads_environment(raw: DictConfig, key: str, depth: int = 0) -> bool:
+    """Whether the value at dotted ``key``, or a value it interpolates, reads ``${oc.env:...}``."""
+    node: Any = raw
+    for part in key.split("."):
+        node = node._get_node(part) if isinstance(node, DictConfig) and part in node else None
+    text = str(node._value()) if node is not None else ""
+    return "oc.env" in text or (depth < 10 and any(_reads_environment(raw, reference, depth + 1)
+                                                   for reference in _REFERENCE.findall(text)))
 
 
 def _add_section_defaults(node: DictConfig, section: type) -> None:
@@ -335,6 +354,37 @@ def _plugin_modules(plain: Mapping[str, Any]) -> list[str]:
 
 BASE_KEY = "base"
 
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_NODES = 10_000
+"""Limits on a config file and on each override value: far above any real config, far below
+what a YAML anchor bomb expands to (aliases make a small file a huge tree). The node limit is
+omegaconf's own for files (``max_yaml_expanded_nodes``), applied here to overrides too."""
+
+
+def _too_large(value: Any) -> bool:
+    """Whether ``value``, with every alias expanded, has more than :data:`MAX_CONFIG_NODES` nodes
+    (counted without expanding them)."""
+    pending, count = [value], 0
+    while pending:
+        node = pending.pop()
+        count += 1
+        if count > MAX_CONFIG_NODES:
+            return True
+        if isinstance(node, dict):
+            pending += node.values()
+        elif isinstance(node, list):
+            pending += node
+    return False
+
+
+def _check_bounds(text: str, where: str) -> None:
+    """Refuse YAML ``text`` (an override's) above the limits, before omegaconf expands it."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError([Problem(where, f"{len(text):,} characters: configs are limited to {MAX_CONFIG_BYTES:,}")])
+    if _too_large(yaml.safe_load(text)):
+        raise ConfigError([Problem(where, f"expands to more than {MAX_CONFIG_NODES:,} values (YAML anchors "
+                                   "and aliases repeated?); configs are limited to that")])
+
 
 def _read(source: str | Path | Mapping[str, Any], label: str | None, chain: tuple[Path, ...] = ()) -> DictConfig:
     in_base = f" in {source}" if chain else ""  # a problem in a base file names that file
@@ -344,7 +394,12 @@ def _read(source: str | Path | Mapping[str, Any], label: str | None, chain: tupl
             where = f"{chain[-1]}: {BASE_KEY}" if chain else ""
             raise ConfigError([Problem(where, f"no config file at {path}")], label)
         try:
-            loaded = OmegaConf.load(path)
+            if path.stat().st_size > MAX_CONFIG_BYTES:
+                message = f"{path.stat().st_size:,} bytes{in_base}: config files are limited to {MAX_CONFIG_BYTES:,}"
+                raise ConfigError([Problem("", message)], label)
+            loaded = OmegaConf.load(path, max_yaml_expanded_nodes=MAX_CONFIG_NODES)
+        except OSError as error:
+            raise ConfigError([Problem("", f"cannot read {path}: {error.strerror or error}")], label) from None
         except yaml.YAMLError as error:
             raise ConfigError([Problem("", f"not valid YAML{in_base}: {_yaml_message(error)}")], label) from None
         except UnicodeDecodeError as error:
@@ -438,7 +493,11 @@ def _apply_overrides(config: DictConfig, overrides: Iterable[str]) -> list[Probl
             problems.append(Problem("", f"override '{item}' is not of the form key=value"))
             continue
         try:
+            _check_bounds(text, key)
             value = yaml_value(text)
+        except ConfigError as error:
+            problems += error.problems
+            continue
         except yaml.YAMLError as error:
             problems.append(Problem(key, f"cannot parse override value {text!r}: {_yaml_message(error)}"))
             continue

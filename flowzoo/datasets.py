@@ -31,9 +31,9 @@ __all__ = [
     "parse_idx",
     "fixed_binarization",
     "git_blob_sha1",
+    "decompress",
 ]
 
-import gzip
 import hashlib
 import io
 import lzma
@@ -150,9 +150,33 @@ def pack_bits(bits: np.ndarray) -> bytes:
     return lzma.compress(np.packbits(bits, axis=1).tobytes(), preset=9 | lzma.PRESET_EXTREME)
 
 
+MAX_DECOMPRESSED = 1 << 28
+"""The most bytes a compressed data file may expand to (256 MiB: MNIST's largest file is 47 MB),
+so that a compression bomb is refused instead of filling the memory."""
+
+
+def decompress(data: bytes, compressor: str, source: str) -> bytes:
+    """``data`` decompressed (``compressor``: ``gzip`` or ``xz``), at most :data:`MAX_DECOMPRESSED`
+    bytes; raises :class:`DataError` for a file that expands to more.
+
+    Example:
+        >>> import gzip
+        >>> decompress(gzip.compress(b"flowzoo"), "gzip", "a file")
+        b'flowzoo'
+    """
+    engine = zlib.decompressobj(wbits=31) if compressor == "gzip" else lzma.LZMADecompressor()
+    out = engine.decompress(data, MAX_DECOMPRESSED)
+    if len(out) >= MAX_DECOMPRESSED and not engine.eof:
+        raise DataError(f"{source} expands to more than {MAX_DECOMPRESSED >> 20} MiB when decompressed: "
+                        "it is not a data file flowzoo reads (a compression bomb?); replace it with the official file")
+    if not engine.eof:
+        raise EOFError("the compressed data ends early")
+    return out
+
+
 def unpack_bits(data: bytes) -> np.ndarray:
     """Inverse of :func:`pack_bits`."""
-    packed = np.frombuffer(lzma.decompress(data), dtype=np.uint8).reshape(-1, _PIXELS // 8)
+    packed = np.frombuffer(decompress(data, "xz", "packaged binarized MNIST"), dtype=np.uint8).reshape(-1, _PIXELS // 8)
     return np.unpackbits(packed, axis=1)
 
 
@@ -518,7 +542,7 @@ class DynamicMNIST(DataSet):
                      f"or point data.root (or ${DATA_ROOT_ENV}) at a folder that holds them")
         fix = "It is corrupt or truncated; replace it with the official file"
         try:
-            raw = gzip.decompress(path.read_bytes())
+            raw = decompress(path.read_bytes(), "gzip", str(path))
             images = parse_idx(raw)
         except (OSError, EOFError, zlib.error, ValueError) as error:
             raise DataError(f"{path} is not a gzip-compressed MNIST IDX file: {error}. {fix}.") from error

@@ -88,6 +88,8 @@ def run_task(task: Task) -> int:
 
     os.chdir(task.cwd)
     arguments = task.arguments()
+    if arguments[0] == "resume":  # the run's plugins: are those of the configs the sweep command named
+        arguments.append("--trust-plugins")
     stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     print(f"==> {stamp}, {socket.gethostname()} (process {os.getpid()}): flowzoo {shlex.join(arguments)}", flush=True)
     return main(arguments)

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = ["image_grid", "sample_images", "save_png"]
 
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -55,6 +56,12 @@ def sample_images(images: Tensor, count: int, seed: int) -> Tensor:
 
 
 def save_png(grid: Tensor, path: Path) -> None:
-    """Write a ``(channels, H, W)`` uint8 image (1 or 3 channels) as a PNG file."""
+    """Write a ``(channels, H, W)`` uint8 image (1 or 3 channels) as a PNG file, whole or not at all
+    (beside it first, then renamed: a link at ``path`` is replaced, not written through)."""
     array = grid.permute(1, 2, 0).numpy()
-    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)
+    partial = Path(path).with_name(Path(path).name + ".partial")
+    try:
+        Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(partial, format="PNG")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

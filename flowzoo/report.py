@@ -58,7 +58,7 @@ from flowzoo.console import METRIC_LABELS, console
 from flowzoo.errors import CheckpointError, ConfigError, Problem, did_you_mean
 from flowzoo.published import PublishedTable, load_published
 from flowzoo.registry import models
-from flowzoo.runs import RunDir, flat_config
+from flowzoo.runs import RunDir, check_folder, flat_config, make_folder
 
 Row = dict[str, Any]
 
@@ -220,10 +220,15 @@ def summarize_run(run_dir: str | Path) -> Row:
         raise CheckpointError(f"no run directory at {path}")
     run = RunDir.open(path)
     config = _read_config(run)
+    records = list(run.records())
     try:
-        records = list(run.records())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{run.metrics_file} has a line that is not JSON ({error.msg})") from error
+        return _row(path, run, config, records)
+    except (KeyError, TypeError, ValueError) as error:  # a record edited, or not written by flowzoo
+        raise CheckpointError(f"{run.metrics_file} holds records that are not as flowzoo writes them "
+                              f"({type(error).__name__}: {error})") from None
+
+
+def _row(path: Path, run: RunDir, config: Mapping[str, Any], records: list[dict[str, Any]]) -> Row:
     train = [r for r in records if r["kind"] == "train"]
     valid = [r for r in records if r["kind"] == "valid"]
     # The end-of-training test record and any `flowzoo eval` of the test split, in order.
@@ -259,9 +264,11 @@ def summarize_run(run_dir: str | Path) -> Row:
 
 def _read_config(run: RunDir) -> dict[str, Any]:
     try:
-        config = yaml.safe_load(run.config_file.read_text())
+        config = yaml.safe_load(run.config_file.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise ConfigError([Problem("", f"not valid YAML: {error}")], str(run.config_file)) from error
+    except UnicodeDecodeError as error:
+        raise ConfigError([Problem("", f"not UTF-8 text: {error}")], str(run.config_file)) from None
     if not isinstance(config, dict):
         raise ConfigError([Problem("", "expected a mapping of config sections")], str(run.config_file))
     return config
@@ -611,11 +618,13 @@ def report_runs(run_dirs: Sequence[str | Path], output: str | Path = ".", sort: 
     """
     if sort is not None:
         _column(sort)  # a typo fails before any run is read
+    check_folder(output, "--output")
     table = load_published(published) if published is not None else None
     paths, missing = expand_sweeps(run_dirs)
     rows = [summarize_run(path) for path in paths]
     configs = [_read_config(RunDir(path)) for path in paths]
     grouped = group_runs(configs, rows)
+    output = make_folder(output)
     groups = [aggregate(label, [rows[i] for i in members]) for label, members in grouped]
     names = [[rows[i]["run"] for i in members] for _, members in grouped]
     beside = None
@@ -628,8 +637,6 @@ def report_runs(run_dirs: Sequence[str | Path], output: str | Path = ".", sort: 
         order = sort_rows(groups, sort)
         names = [names[groups.index(group)] for group in order]
         groups = order
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
     if several:
         console.print(runs_table(groups, GROUP_COLUMNS, title="groups compared (mean ± std over seeds)",
                                  notes=[_GROUP_NOTE, *_notes(rows, missing)]))

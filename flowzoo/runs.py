@@ -15,17 +15,23 @@
         console.log     the console output of a run started by ``flowzoo sweep``
         wandb/          the Weights & Biases files, with ``logging.wandb.project`` set
 
-A process that trains in a run directory holds a lock on it (``.lock``): a second
+A process that writes a run directory (train, resume, eval, sample) holds a lock on it
+(``.lock``, released by the OS when the process ends, however it ends): a second
 process (another ``flowzoo resume``, a sweep run twice at once) stops with an error
-instead of writing into the same files.
+naming the holder instead of writing into the same files. Links in a run directory
+that point outside it are refused; ``metrics.jsonl`` is only appended to, and cut back
+on resume to the size the checkpoint recorded; every other file is replaced whole
+(written beside it, then renamed). See docs/safety.md.
 """
 
 from __future__ import annotations
 
-__all__ = ["RunDir", "flat_config", "git_state", "lock_directory"]
+__all__ = ["RunDir", "flat_config", "git_state", "lock_directory", "write_atomic", "check_new_run", "check_folder",
+           "make_folder"]
 
 import dataclasses
 import datetime
+import errno
 import importlib.metadata
 import json
 import math
@@ -86,10 +92,94 @@ def git_state(directory: str | Path) -> dict[str, Any] | None:
             "dirty": bool(changes.stdout.strip()) if changes.returncode == 0 else None}
 
 
+def refuse_links(path: str, flags: int) -> int:
+    """An ``opener`` that refuses to open a symbolic link (the file outside a run it may point to)."""
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o666)
+
+
+def write_error(path: Path, error: OSError) -> CheckpointError:
+    """The message for a file of a run that cannot be written: a full disk, a read-only
+    directory, a link (refused by :func:`refuse_links`) or anything else the OS says."""
+    if error.errno == errno.ENOSPC:
+        return CheckpointError(f"cannot write {path}: the disk is full. Free some space, then run "
+                               "the same command again (or `flowzoo resume` the run)")
+    if error.errno == errno.ELOOP:
+        return CheckpointError(f"{path} is a symbolic link: flowzoo writes only files inside a run directory")
+    return CheckpointError(f"cannot write {path}: {error.strerror or error}. Check that the directory "
+                           "exists and that you may write in it")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` whole: a crash or a full disk leaves the old file
+    (and no ``.partial``); raises :class:`CheckpointError` naming what went wrong."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with open(partial, "w", opener=refuse_links) as file:
+            file.write(text)
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise write_error(path, error) from None
+
+
+NAME_BYTES = 255 - len("-20261124-101500-99")
+"""The longest run name (UTF-8 bytes) that leaves room for the timestamp and suffix in a file name."""
+
+
+def check_new_run(output_dir: str | Path, name: str) -> None:
+    """Check that ``output_dir/name-<timestamp>`` can be created, before anything is built
+    or loaded; raises :class:`CheckpointError` naming the problem."""
+    if "\0" in str(output_dir) or "\0" in name:
+        raise CheckpointError(f"name and output_dir may not hold NUL characters: {name!r} in {str(output_dir)!r}")
+    if len(name.encode()) > NAME_BYTES:
+        raise CheckpointError(f"name is {len(name.encode())} bytes long; run directory names allow at most "
+                              f"{NAME_BYTES} (the file system's limit, less the timestamp)")
+    check_folder(output_dir, "output_dir")
+
+
+def check_folder(path: str | Path, option: str) -> None:
+    """Check that the folder ``path`` given as ``option`` exists or can be created, and can be
+    written, before any work is done; raises :class:`CheckpointError` naming the problem."""
+    existing = Path(path).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CheckpointError(f"{option} {path} cannot be a folder: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CheckpointError(f"{option} {path}: {existing} is not writable; choose another folder")
+
+
+def make_folder(path: str | Path) -> Path:
+    """``path`` created with its parents if missing; raises :class:`CheckpointError` if it cannot be."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise write_error(path, error) from None
+    return path
+
+
+def check_links(path: Path) -> None:
+    """Refuse a run directory holding symbolic links that point outside it (a run may have
+    been prepared so that its writes land elsewhere)."""
+    root = path.resolve()
+    for folder, directories, files in os.walk(path):
+        for entry in directories + files:
+            link = Path(folder, entry)
+            if link.is_symlink() and not link.resolve().is_relative_to(root):
+                raise CheckpointError(f"{link} is a link to {os.readlink(link)}, outside the run directory: flowzoo "
+                                      "writes only files inside a run. Replace the link with the file itself")
+
+
 def lock_directory(path: Path, what: str) -> IO[str]:
     """Hold the POSIX lock of ``path/.lock`` for as long as the returned file stays open (at most
-    until this process ends); raises :class:`CheckpointError` while another process holds it."""
-    handle = open(path / ".lock", "a+")
+    until this process ends); raises :class:`CheckpointError` while another process holds it,
+    or if ``path`` cannot be written or holds links outside it."""
+    check_links(path)
+    try:
+        handle = open(path / ".lock", "a+", opener=refuse_links)
+    except OSError as error:
+        raise write_error(path / ".lock", error) from None
     if fcntl is not None:
         try:
             fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -185,7 +275,7 @@ class RunDir:
         while path.exists():
             suffix += 1
             path = base.with_name(f"{base.name}-{suffix}")
-        path.mkdir(parents=True)
+        make_folder(path)
         run = cls(path)
         run.write_config(config)
         return run
@@ -202,22 +292,23 @@ class RunDir:
 
     @classmethod
     def open(cls, path: str | Path) -> "RunDir":
-        """An existing run directory; raises :class:`CheckpointError` if it is not one."""
+        """An existing run directory; raises :class:`CheckpointError` if it is not one, or if
+        it holds links to files outside it."""
         run = cls(path)
         if not run.config_file.is_file():
             raise CheckpointError(f"{run.path} is not a flowzoo run directory (no config.yaml in it)")
+        check_links(run.path)
         return run
 
     def write_config(self, config: Mapping[str, Any]) -> None:
         """Write the resolved config (as plain data) to ``config.yaml``."""
-        self.config_file.write_text(yaml.safe_dump(dict(config), sort_keys=False, allow_unicode=True))
+        write_atomic(self.config_file, yaml.safe_dump(dict(config), sort_keys=False, allow_unicode=True))
 
     def begin(self, config: Mapping[str, Any], device: torch.device) -> None:
         """Claim the directory for this process (see the module docstring) and record the start:
         ``config.yaml`` (the resolved config as plain data), a new attempt in ``provenance.json``
         and, if configured, a W&B run."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = lock_directory(self.path, "this run")
+        self.lock()
         self.write_config(config)
         self._config = config
         provenance = self.provenance()
@@ -225,6 +316,13 @@ class RunDir:
         if config["logging"]["wandb"]["project"]:
             self._wandb = self._start_wandb(config, provenance)
         self._write_provenance(provenance)
+
+    def lock(self) -> None:
+        """Claim the directory for this process until :meth:`finish` or the process ends
+        (see the module docstring)."""
+        make_folder(self.path)
+        if self._lock is None:
+            self._lock = lock_directory(self.path, "this command")
 
     def finish(self, kind: str, metrics: Mapping[str, Any], step: int) -> None:
         """Record the end of a run begun by :meth:`begin` whose final evaluation was logged as
@@ -240,8 +338,12 @@ class RunDir:
             self._wandb.summary.update(numbers)
             self._wandb.finish()
             self._wandb = None
-        self._lock.close()
-        self._lock = None
+        self.unlock()
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def provenance(self) -> dict[str, Any]:
         """The contents of ``provenance.json``: ``attempts`` (one per start or resume: command,
@@ -255,9 +357,7 @@ class RunDir:
         self._write_provenance({**self.provenance(), "sweep": dict(point)})
 
     def _write_provenance(self, provenance: Mapping[str, Any]) -> None:
-        partial = self.provenance_file.with_name(self.provenance_file.name + ".partial")
-        partial.write_text(json.dumps(provenance, indent=2) + "\n")
-        os.replace(partial, self.provenance_file)
+        write_atomic(self.provenance_file, json.dumps(provenance, indent=2) + "\n")
 
     def _start_wandb(self, config: Mapping[str, Any], provenance: dict[str, Any]):
         import wandb  # optional: checked by the config's validation
@@ -305,9 +405,12 @@ class RunDir:
     def log(self, kind: str, **record: Any) -> None:
         """Append one record to ``metrics.jsonl``; its numbers also go to TensorBoard and W&B as
         ``kind/key`` (the final evaluation reaches W&B as its summary, see :meth:`finish`)."""
-        with open(self.metrics_file, "a") as file:
-            file.write(json.dumps(_strict({"kind": kind, "time": round(time.time(), 3), **record}), allow_nan=False)
-                       + "\n")
+        line = json.dumps(_strict({"kind": kind, "time": round(time.time(), 3), **record}), allow_nan=False) + "\n"
+        try:
+            with open(self.metrics_file, "a", opener=refuse_links) as file:
+                file.write(line)
+        except OSError as error:
+            raise write_error(self.metrics_file, error) from None
         if "step" not in record:
             return
         numbers = {f"{kind}/{key}": value for key, value in record.items()
@@ -323,10 +426,27 @@ class RunDir:
         """Bytes in ``metrics.jsonl`` so far: stored in checkpoints to undo records written after them."""
         return self.metrics_file.stat().st_size if self.metrics_file.is_file() else 0
 
+    def check_metrics(self, size: int) -> None:
+        """Check that ``metrics.jsonl`` still holds the ``size`` bytes a checkpoint recorded,
+        ending with a whole record; raises :class:`CheckpointError` if it was shortened or cut
+        (resuming would lose records, or pad the file with NUL bytes)."""
+        have = self.metrics_size()
+        ends_record = size == 0
+        if 0 < size <= have:
+            with open(self.metrics_file, "rb", opener=refuse_links) as file:
+                file.seek(size - 1)
+                ends_record = file.read(1) == b"\n"
+        if have < size or not ends_record:
+            raise CheckpointError(f"{self.metrics_file} has {have:,} bytes, but the checkpoint was written after "
+                                  f"{size:,} bytes of whole records: the log was changed after the checkpoint. "
+                                  "Restore it, or train a new run")
+
     def truncate_metrics(self, size: int) -> None:
-        """Drop the records written after a checkpoint, before a run resumes from it."""
+        """Drop the records written after a checkpoint, before a run resumes from it
+        (checked first: see :meth:`check_metrics`)."""
+        self.check_metrics(size)
         if self.metrics_file.is_file():
-            with open(self.metrics_file, "r+b") as file:
+            with open(self.metrics_file, "r+b", opener=refuse_links) as file:
                 file.truncate(size)
 
     def save_image(self, name: str, grid: Any, epoch: int, step: int) -> Path:
@@ -342,9 +462,15 @@ class RunDir:
         """The records of ``metrics.jsonl``, optionally only those of one kind."""
         if not self.metrics_file.is_file():
             return
-        with open(self.metrics_file) as file:
-            for line in file:
-                record = json.loads(line)
+        with open(self.metrics_file, encoding="utf-8", errors="replace") as file:
+            for number, line in enumerate(file, 1):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise CheckpointError(f"{self.metrics_file}, line {number}, is not JSON ({error.msg})") from None
+                if not isinstance(record, dict) or not isinstance(record.get("kind"), str):
+                    raise CheckpointError(f"{self.metrics_file}, line {number}, is not a flowzoo record "
+                                          "(a JSON object with a 'kind')")
                 if kind is None or record["kind"] == kind:
                     yield record
 
