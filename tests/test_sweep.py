@@ -46,7 +46,8 @@ model:
   context_size: 8
   encoder: {name: mlp, hidden_sizes: [32]}
   decoder: {name: mlp, hidden_sizes: [32]}
-trainer: {epochs: 4, batch_size: 10, log_every: 10, checkpoint_every: 10, device: cpu, picture_count: 0}
+trainer: {epochs: 4, batch_size: 10, lr: 0.001, log_every: 10, checkpoint_every: 10, device: cpu,
+          picture_count: 0}
 eval: {iw_samples: 2}
 """
 STEPS = 400
@@ -292,7 +293,8 @@ def test_each_run_records_its_provenance(finished, workdir):
         assert attempt["flowzoo_git"] == {"root": str(REPO), "commit": head.stdout.strip(), "dirty": dirty}
     started, ended = (datetime.datetime.fromisoformat(attempt[key]) for key in ("started", "finished"))
     first, last = records(finished / "tiny-seed=1")[0]["time"], records(finished / "tiny-seed=1", "test")[0]["time"]
-    assert started.timestamp() <= first + 0.001 and last <= ended.timestamp() + 0.001  # both to the millisecond
+    milliseconds = [round(t * 1000) for t in (started.timestamp(), first, last, ended.timestamp())]
+    assert milliseconds[0] <= milliseconds[1] + 1 and milliseconds[2] <= milliseconds[3] + 1  # both to the ms
 
 
 def distribution_version(name: str) -> str:
