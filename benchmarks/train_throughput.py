@@ -18,6 +18,7 @@ The table gives medians over rounds and each variant's throughput as a ratio to
 the plain loop of the same rounds.
 
     python benchmarks/train_throughput.py --device cpu --steps 100 --rounds 3
+    python benchmarks/train_throughput.py --device cpu trainer.optimizer=adamax trainer.lr=0.001 trainer.ema_decay=0
     python benchmarks/train_throughput.py --device cuda --steps 500 --rounds 3 \\
         --variants fp32 bf16 bf16+compile fp32+graphs bf16+graphs --json train_throughput_cuda.json
 """
@@ -82,7 +83,7 @@ def _status_kilobytes(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status (this measurement needs Linux)")
 
 
-def experiment(device: str, steps: int, batch_size: int, variant: str, output: Path):
+def experiment(device: str, steps: int, batch_size: int, variant: str, output: Path, overrides: list[str]):
     """The resolved mnist_iaf config for one variant, with an epoch of exactly ``steps`` steps."""
     precision, _, option = variant.partition("+")
     return load_config(REPO / "configs" / "mnist_iaf.yaml", [
@@ -95,6 +96,7 @@ def experiment(device: str, steps: int, batch_size: int, variant: str, output: P
         f"trainer.log_every={max(1, steps // 5)}",
         "trainer.checkpoint_every=0",
         f"output_dir={output}",
+        *overrides,
     ])
 
 
@@ -124,7 +126,7 @@ class Bench:
         self.device = torch.device(args.device)
         flowzoo_console.quiet = True  # the trainer's progress bar would be timed too
         self.scratch = Path(tempfile.mkdtemp(prefix="flowzoo-bench-"))
-        self.base = experiment(args.device, args.steps, args.batch_size, "fp32", self.scratch)
+        self.base = experiment(args.device, args.steps, args.batch_size, "fp32", self.scratch, args.overrides)
         self.dataset = datasets.build(self.base.data, "data")
         self.images = self.dataset.load("train")[: args.steps * args.batch_size]
         self.valid = self.dataset.load("valid")[:1000]
@@ -141,7 +143,7 @@ class Bench:
         self.outside_steps = 0.0
         if name == "plain":
             return plain_loop(self.fresh_model(), self.images, args.steps, args.batch_size, self.device)
-        config = experiment(args.device, args.steps, args.batch_size, name, self.scratch)
+        config = experiment(args.device, args.steps, args.batch_size, name, self.scratch, args.overrides)
         plain = dataclasses.asdict(config)
         run = RunDir.create(self.scratch, name.replace("+", "-"), plain)
         trainer = Trainer(self.fresh_model(), {"train": self.images, "valid": self.valid}, config.trainer, run,
@@ -184,7 +186,9 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["fp32"],
                         help="trainer settings: fp32, bf16, fp16, each optionally +compile; fp32 or bf16 +graphs")
     parser.add_argument("--json", type=Path, help="write the measurements here")
-    args = parser.parse_args()
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="applied to the trainer's config, e.g. trainer.optimizer=adamax trainer.ema_decay=0")
+    args = parser.parse_intermixed_args()
     bench = Bench(args)
     names = ["plain", *args.variants]
     results: dict[str, list[dict[str, float]]] = {name: [] for name in names}
