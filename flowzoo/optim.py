@@ -97,6 +97,6 @@ OPTIMIZERS = {"adam": _adam, "adamax": Adamax}
 
 
 def make_optimizer(name: str, params: Iterable, *, lr: float, weight_decay: float,
-                   eps: float = 1e-8) -> torch.optim.Optimizer:
+                   eps: float) -> torch.optim.Optimizer:
     """The ``trainer.optimizer`` named ``name`` over ``params``: see the module docstring."""
     return OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay, eps=eps)

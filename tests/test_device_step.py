@@ -166,7 +166,7 @@ def test_fused_and_foreach_optimizers_match_torchs_default_implementation(tmp_pa
     trainer = make_trainer(tmp_path)
     model = trainer.model
     copy = [torch.nn.Parameter(p.detach().clone()) for p in model.parameters()]
-    ours = make_optimizer(name, model.parameters(), lr=1e-3, weight_decay=1e-4)
+    ours = make_optimizer(name, model.parameters(), lr=1e-3, weight_decay=1e-4, eps=1e-8)  # torch's eps
     theirs = reference(copy, lr=1e-3, weight_decay=1e-4, foreach=False)
     batches = iter(trainer.loader.epoch())
     for _ in range(20):  # real gradients of the model on real batches, given to both
